@@ -1,0 +1,1 @@
+"""Sesame development kit: the local cluster issuer, demo upstream, and `make demo`."""
