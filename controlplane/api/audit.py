@@ -1,0 +1,164 @@
+"""/v1/audit: filtered pages (newest first), export (json|csv stream), prune, verify."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.appkeys import BODY, CLOCK, QUERY, STORE
+from controlplane.audit import verify_chain
+from controlplane.clock import format_ts, parse_ts
+from controlplane.errors import InvalidRequest
+from controlplane.http import audit_event, cursor_seq, json_response, page_response
+from controlplane.pagination import LIST_QUERY
+from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
+from controlplane.routes import Route
+from controlplane.validation import Int, Obj, Str
+
+__all__ = ["EXPORT_MAX_ROWS", "ROUTES"]
+
+EXPORT_MAX_ROWS = 50_000
+EXPORT_COLUMNS = (
+    "id",
+    "timestamp",
+    "type",
+    "actor",
+    "outcome",
+    "workload_id",
+    "target_service",
+    "audience",
+    "ttl_seconds",
+    "reason",
+    "correlation_id",
+    "extra",
+)
+
+_FILTERS = {
+    "workload_id": Str(required=False, max_len=100),
+    "target": Str(required=False, max_len=200, description="target_service"),
+    "type": Str(required=False, max_len=100),
+    "actor": Str(required=False, max_len=200),
+    "correlation_id": Str(required=False, max_len=128),
+    "since": Str(required=False, max_len=40, description="RFC 3339, inclusive"),
+    "until": Str(required=False, max_len=40, description="RFC 3339, exclusive"),
+}
+AUDIT_QUERY = Obj({**LIST_QUERY, **_FILTERS})
+EXPORT_QUERY = Obj(
+    {
+        **_FILTERS,
+        "format": Str(choices=("json", "csv"), default="json"),
+        "limit": Int(min=1, max=EXPORT_MAX_ROWS, default=EXPORT_MAX_ROWS),
+    }
+)
+PRUNE_IN = Obj({"days": Int(min=1, max=36500, description="delete events older than this many days")})
+
+
+def _filters(query: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    filters = {
+        "workload_id": query.get("workload_id"),
+        "target_service": query.get("target"),
+        "type": query.get("type"),
+        "actor": query.get("actor"),
+        "correlation_id": query.get("correlation_id"),
+    }
+    return filters, _ts(query, "since"), _ts(query, "until")
+
+
+def _ts(query: dict[str, Any], name: str) -> str | None:
+    if query.get(name) is None:
+        return None
+    try:
+        return format_ts(parse_ts(query[name]))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an RFC 3339 timestamp", field=name) from None
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    filters, since, until = _filters(request[QUERY])
+    page = await request.app[STORE].audit.list(
+        filters=filters,
+        since=since,
+        until=until,
+        limit=request[QUERY]["limit"],
+        before_seq=cursor_seq(request),
+    )
+    return page_response(page, key="events")
+
+
+async def export_audit(request: web.Request) -> web.StreamResponse:
+    """Stream up to 50k events oldest first from `since`; page on with since = last timestamp."""
+    query = request[QUERY]
+    filters, since, until = _filters(query)
+    fmt = query["format"]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+            "Content-Disposition": f'attachment; filename="sesame-audit.{fmt}"',
+        }
+    )
+    await response.prepare(request)
+    rows = request.app[STORE].audit.export(filters=filters, since=since, until=until, limit=query["limit"])
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(EXPORT_COLUMNS)
+        async for event in rows:
+            writer.writerow([json.dumps(event[c]) if c == "extra" else event[c] for c in EXPORT_COLUMNS])
+            if buf.tell() > 64 * 1024:
+                await response.write(buf.getvalue().encode())
+                buf.seek(0)
+                buf.truncate()
+        await response.write(buf.getvalue().encode())
+    else:
+        sep = b"["
+        chunk: list[bytes] = []
+        async for event in rows:
+            chunk.append(sep + json.dumps(event, separators=(",", ":")).encode())
+            sep = b","
+            if len(chunk) >= 500:
+                await response.write(b"".join(chunk))
+                chunk.clear()
+        chunk.append(b"[]" if sep == b"[" else b"]")
+        await response.write(b"".join(chunk))
+    await response.write_eof()
+    return response
+
+
+async def prune_audit(request: web.Request) -> web.Response:
+    days = request[BODY]["days"]
+    before = format_ts(request.app[CLOCK].time() - days * 86400)
+    deleted = await request.app[STORE].audit.prune(before=before)
+    await audit_event(
+        request, type="audit.pruned", extra={"days": days, "before": before, "deleted": deleted}
+    )
+    return json_response({"deleted": deleted, "before": before})
+
+
+async def verify_audit(request: web.Request) -> web.Response:
+    return json_response(await verify_chain(request.app[STORE].audit))
+
+
+ROUTES = [
+    Route("GET", "/v1/audit", list_audit, AUDIT_READ, "List audit events, newest first", query=AUDIT_QUERY),
+    Route(
+        "GET",
+        "/v1/audit/export",
+        export_audit,
+        AUDIT_READ,
+        "Export up to 50k events (json or csv)",
+        query=EXPORT_QUERY,
+    ),
+    Route(
+        "POST",
+        "/v1/audit/prune",
+        prune_audit,
+        AUDIT_PRUNE,
+        "Delete events older than N days",
+        request=PRUNE_IN,
+    ),
+    Route("GET", "/v1/audit/verify", verify_audit, AUDIT_READ, "Verify the hash chain of the audit log"),
+]

@@ -1,0 +1,205 @@
+"""/v1/credential-providers: how credentials are minted. Secret config fields are write-only.
+
+Secrets are sealed with the envelope (AES-256-GCM under a per-secret data key wrapped by the
+KEK) and never returned, logged or audited; `POST /{id}/rotate` replaces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api._crud import Resource, crud_routes, fetch
+from controlplane.appkeys import BODY, ENVELOPE, STORE
+from controlplane.errors import InvalidRequest, NotFound
+from controlplane.http import audit_event, json_response, now_ts
+from controlplane.permissions import PROVIDERS_READ, PROVIDERS_WRITE
+from controlplane.provider_secrets import seal_secret
+from controlplane.routes import Route
+from controlplane.validation import Dict, Int, List, Obj, Str
+
+__all__ = ["CONFIG_SCHEMAS", "ROUTES", "secret_fields"]
+
+KIND = "credential_providers"
+URL = r"https?://[^\s/?#]+[^\s]*"
+
+# Per provider type; fields marked secret=True are sealed (match controlplane.providers.SECRET_FIELDS).
+CONFIG_SCHEMAS: dict[str, Obj] = {
+    "static": Obj(
+        {
+            "value": Str(required=False, max_len=16384, secret=True, description="API key or token"),
+            "username": Str(required=False, max_len=256, description="basic injection: user"),
+            "password": Str(
+                required=False, max_len=1024, secret=True, description="basic injection: password"
+            ),
+        }
+    ),
+    "oauth2-client-credentials": Obj(
+        {
+            "token_url": Str(max_len=2048, pattern=URL),
+            "client_id": Str(max_len=512),
+            "client_secret": Str(max_len=4096, secret=True),
+            "auth_method": Str(
+                choices=("client_secret_basic", "client_secret_post"), default="client_secret_basic"
+            ),
+            "scopes": List(item=Str(max_len=256), required=False, max_items=50),
+            "extra_params": Dict(required=False, max_bytes=4096),
+            "ca_pem": Str(required=False, max_len=65536),
+        }
+    ),
+    "signed-jwt": Obj(
+        {
+            "ttl_seconds": Int(required=False, min=1, max=86_400),
+        }
+    ),
+}
+PROVIDER_TYPES = tuple(CONFIG_SCHEMAS)
+
+PROVIDER_IN = Obj(
+    {
+        "name": Str(max_len=100),
+        "type": Str(choices=PROVIDER_TYPES),
+        "config": Dict(
+            max_bytes=128 * 1024, default={}, description="per type; secret fields are write-only"
+        ),
+    }
+)
+PROVIDER_PATCH = Obj(
+    {
+        "name": Str(required=False, max_len=100),
+        "config": Dict(
+            required=False, max_bytes=128 * 1024, description="non-secret fields; use /rotate for secrets"
+        ),
+    }
+)
+ROTATE_IN = Obj({"config": Dict(max_bytes=128 * 1024, description="the new secret fields")})
+
+
+def secret_fields(provider_type: str) -> tuple[str, ...]:
+    return tuple(n for n, s in CONFIG_SCHEMAS[provider_type].fields.items() if getattr(s, "secret", False))
+
+
+def _split(provider_type: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    secret_names = secret_fields(provider_type)
+    public = {k: v for k, v in config.items() if k not in secret_names}
+    secret = {k: v for k, v in config.items() if k in secret_names}
+    return public, secret
+
+
+def _check_static(provider_type: str, public: dict[str, Any], secret: dict[str, Any]) -> None:
+    if provider_type != "static":
+        return
+    if "value" not in secret and not ("username" in public and "password" in secret):
+        raise InvalidRequest(
+            "static needs config.value, or config.username and config.password", field="config.value"
+        )
+
+
+def _view(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: record.get(k)
+        for k in (
+            "id",
+            "name",
+            "type",
+            "config",
+            "secret_fields",
+            "secret_rotated_at",
+            "created_at",
+            "updated_at",
+        )
+    }
+
+
+async def _prepare(
+    request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
+) -> tuple[dict[str, Any], bytes | None]:
+    if current is None:
+        ptype = body["type"]
+        config = CONFIG_SCHEMAS[ptype].check(body["config"], "config")
+        public, secret = _split(ptype, config)
+        _check_static(ptype, public, secret)
+        sealed = seal_secret(request.app[ENVELOPE], id, secret) if secret else None
+        fields = {
+            "name": body["name"],
+            "type": ptype,
+            "config": public,
+            "secret_fields": sorted(secret),
+            "secret_rotated_at": now_ts(request) if secret else None,
+        }
+        return fields, sealed
+    changes: dict[str, Any] = {}
+    if "name" in body:
+        changes["name"] = body["name"]
+    if "config" in body:
+        ptype = current["type"]
+        secret_names = set(secret_fields(ptype))
+        for key in body["config"]:
+            if key in secret_names:
+                raise InvalidRequest(
+                    f"config.{key} is secret: use POST /v1/credential-providers/{{id}}/rotate",
+                    field=f"config.{key}",
+                )
+        patch = CONFIG_SCHEMAS[ptype].partial().check(body["config"], "config")
+        changes["config"] = {**current["config"], **patch}
+    return changes, None
+
+
+async def rotate_credential_provider(request: web.Request) -> web.Response:
+    """Replace every secret field of the provider with the given ones."""
+    current = await fetch(request, KIND, "credential provider")
+    ptype = current["type"]
+    names = secret_fields(ptype)
+    given = request[BODY]["config"]
+    for key in given:
+        if key not in names:
+            raise InvalidRequest(
+                f"config.{key} is not a secret field of {ptype} (secret: {', '.join(names)})",
+                field=f"config.{key}",
+            )
+    if not given:
+        raise InvalidRequest("config must hold at least one secret field", field="config")
+    secret = CONFIG_SCHEMAS[ptype].partial().check(given, "config")
+    _check_static(ptype, current["config"], secret)
+    sealed = seal_secret(request.app[ENVELOPE], current["id"], secret)
+    now = now_ts(request)
+    record = await request.app[STORE].registry.update(
+        KIND,
+        current["id"],
+        {"secret_fields": sorted(secret), "secret_rotated_at": now},
+        now=now,
+        secret=sealed,
+    )
+    if record is None:
+        raise NotFound(f"no credential provider {current['id']}")
+    await audit_event(
+        request, type="credential_provider.rotated", extra={"id": current["id"], "fields": sorted(secret)}
+    )
+    return json_response(_view(record))
+
+
+ROUTES = [
+    *crud_routes(
+        Resource(
+            kind=KIND,
+            path="/v1/credential-providers",
+            singular="credential_provider",
+            create=PROVIDER_IN,
+            patch=PROVIDER_PATCH,
+            read=PROVIDERS_READ,
+            write=PROVIDERS_WRITE,
+            view=_view,
+            prepare=_prepare,
+            filters={"type": Str(required=False, choices=PROVIDER_TYPES)},
+        )
+    ),
+    Route(
+        "POST",
+        "/v1/credential-providers/{id}/rotate",
+        rotate_credential_provider,
+        PROVIDERS_WRITE,
+        "Replace a credential provider's secret",
+        request=ROTATE_IN,
+    ),
+]

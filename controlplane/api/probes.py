@@ -1,0 +1,49 @@
+"""/healthz, /readyz, /metrics: public probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from controlplane.appkeys import METRICS, READY_CHECKS
+from controlplane.http import json_response
+from controlplane.metrics import CONTENT_TYPE
+from controlplane.routes import Route
+
+__all__ = ["ROUTES"]
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every readiness check passes, else 503 with the per-check map."""
+    checks: dict[str, str] = {}
+    for name, check in request.app[READY_CHECKS].items():
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS)
+            checks[name] = "ok"
+        except TimeoutError:
+            checks[name] = "timed out"
+        except Exception as exc:
+            checks[name] = getattr(exc, "message", None) or type(exc).__name__
+    ok = all(v == "ok" for v in checks.values())
+    return json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+ROUTES = [
+    Route("GET", "/healthz", healthz, None, "Liveness: always 200"),
+    Route("GET", "/readyz", readyz, None, "Readiness: 200, or 503 with the failing checks"),
+    Route("GET", "/metrics", metrics, None, "Prometheus metrics", content_type="text/plain"),
+]

@@ -1,0 +1,210 @@
+"""Routes the sidecar calls with its service-account token, and the admin views they feed.
+
+`GET /v1/proxy/routes` (ETag / If-None-Match), `POST /v1/proxy/heartbeat` → `GET /v1/proxies`,
+`POST /v1/proxy/observations` → `GET /v1/discovery`. A caller that fails attestation (401), or
+whose workload is unknown (404) or revoked (403), is refused and audited as `proxy.denied`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.appkeys import CLOCK, QUERY
+from controlplane.attest import InvalidSubjectToken
+from controlplane.errors import InvalidRequest, SesameError
+from controlplane.exchange_services import EXCHANGE, EXCHANGE_SETTINGS
+from controlplane.http import audit_event, cursor_seq, json_response, now_ts, page_response
+from controlplane.pagination import LIST_QUERY
+from controlplane.permissions import Permission, Role
+from controlplane.proxy_routes import governed_routes
+from controlplane.routes import Route
+from controlplane.routing import bearer_token
+from controlplane.token_exchange import Attested
+from controlplane.validation import Bool, Int, List, Obj, Str, parse_json
+
+__all__ = ["DISCOVERY_READ", "PROXIES_READ", "ROUTES"]
+
+PROXIES_READ = Permission("proxies.read", Role.VIEWER, "List sidecar proxies and their last heartbeat")
+DISCOVERY_READ = Permission("discovery.read", Role.VIEWER, "See which workloads call which hosts")
+MAX_OBSERVATIONS = 500
+
+HEARTBEAT_IN = Obj(
+    {
+        "pod": Str(max_len=253, description="pod name"),
+        "version": Str(max_len=100, description="proxy version"),
+    }
+)
+OBSERVATION = Obj(
+    {
+        "host": Str(max_len=253),
+        "port": Int(min=1, max=65535),
+        "count": Int(min=0, max=2**31),
+        "governed": Bool(),
+    }
+)
+OBSERVATIONS_IN = List(item=OBSERVATION, max_items=MAX_OBSERVATIONS)
+PROXIES_Q = Obj({**LIST_QUERY, "workload_id": Str(required=False, max_len=100)})
+DISCOVERY_Q = Obj(
+    {
+        **LIST_QUERY,
+        "workload_id": Str(required=False, max_len=100),
+        "host": Str(required=False, max_len=253),
+        "governed": Bool(required=False),
+    }
+)
+
+
+async def _caller(request: web.Request) -> Attested:
+    """The workload behind the SA token in `Authorization: Bearer`; every refusal is audited."""
+    ctx: dict[str, Any] = {}
+    try:
+        token = bearer_token(request)
+        if token is None:
+            raise InvalidSubjectToken(
+                "missing_token", "missing Authorization: Bearer <service-account token>"
+            )
+        return await request.app[EXCHANGE].attest(token, ctx)
+    except SesameError as exc:
+        identity = ctx.get("identity")
+        await audit_event(
+            request,
+            type="proxy.denied",
+            outcome="denied",
+            reason=exc.code,
+            actor=f"workload:{ctx['workload_id']}" if ctx.get("workload_id") else "anonymous",
+            workload_id=ctx.get("workload_id"),
+            extra={
+                "path": request.path,
+                "detail": getattr(exc, "reason", None),
+                **(identity.audit_fields() if identity else {}),
+            },
+        )
+        raise
+
+
+async def proxy_routes(request: web.Request) -> web.StreamResponse:
+    caller = await _caller(request)
+    routes = await governed_routes(
+        request.app[EXCHANGE].store, workload_id=caller.workload["id"], now=request.app[CLOCK].time()
+    )
+    body = {"routes": routes, "refresh_seconds": request.app[EXCHANGE_SETTINGS].routes_refresh_seconds}
+    etag = '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+        return web.Response(status=304, headers=headers)
+    return json_response(body, headers=headers)
+
+
+async def proxy_heartbeat(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    body = parse_json(await request.read(), HEARTBEAT_IN)
+    await request.app[EXCHANGE].store.heartbeat(
+        workload_id=caller.workload["id"],
+        pod=body["pod"],
+        pod_uid=caller.identity.pod_uid,
+        version=body["version"],
+        now=now_ts(request),
+    )
+    return web.Response(status=204)
+
+
+async def proxy_observations(request: web.Request) -> web.Response:
+    caller = await _caller(request)
+    try:
+        data = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    observations = OBSERVATIONS_IN.check(data, "body")
+    if observations:
+        await request.app[EXCHANGE].store.observe(
+            workload_id=caller.workload["id"], observations=observations, now=now_ts(request)
+        )
+    return web.Response(status=204)
+
+
+async def list_proxies(request: web.Request) -> web.Response:
+    page = await request.app[EXCHANGE].store.list_proxies(
+        limit=request[QUERY]["limit"],
+        after_seq=cursor_seq(request),
+        workload_id=request[QUERY].get("workload_id"),
+    )
+    return page_response(page)
+
+
+async def discovery(request: web.Request) -> web.Response:
+    query = request[QUERY]
+    page = await request.app[EXCHANGE].store.list_observations(
+        limit=query["limit"],
+        after_seq=cursor_seq(request),
+        host=query.get("host"),
+        workload_id=query.get("workload_id"),
+        governed=query.get("governed"),
+    )
+    return page_response(page)
+
+
+_BEARER_SA = {"description": "Authorization: Bearer <the pod's projected service-account token>"}
+
+ROUTES = [
+    Route(
+        "GET",
+        "/v1/proxy/routes",
+        proxy_routes,
+        None,
+        "Governed routes of the calling workload",
+        tags=("proxy",),
+        openapi=_BEARER_SA,
+    ),
+    Route(
+        "POST",
+        "/v1/proxy/heartbeat",
+        proxy_heartbeat,
+        None,
+        "Report a sidecar's liveness",
+        status=204,
+        tags=("proxy",),
+        openapi={
+            **_BEARER_SA,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": HEARTBEAT_IN.json_schema()}},
+            },
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/proxy/observations",
+        proxy_observations,
+        None,
+        "Report outbound hosts the workload called (counts only)",
+        status=204,
+        tags=("proxy",),
+        openapi={
+            **_BEARER_SA,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": OBSERVATIONS_IN.json_schema()}},
+            },
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/proxies",
+        list_proxies,
+        PROXIES_READ,
+        "Sidecar fleet: pod, version, last seen",
+        query=PROXIES_Q,
+    ),
+    Route(
+        "GET",
+        "/v1/discovery",
+        discovery,
+        DISCOVERY_READ,
+        "Which workloads call which hosts",
+        query=DISCOVERY_Q,
+    ),
+]

@@ -1,0 +1,166 @@
+"""POST /v1/token-exchange (RFC 8693), the control plane's JWKS and OIDC discovery, key rotation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from controlplane.appkeys import CONFIG, REQUEST_ID
+from controlplane.errors import InvalidRequest, PayloadTooLarge, SesameError
+from controlplane.exchange_services import EXCHANGE, SIGNING_KEYS, issuer_url, setup
+from controlplane.http import audit_event, json_response
+from controlplane.permissions import Permission, Role
+from controlplane.routes import Route
+from controlplane.signing_keys import discovery_document
+from controlplane.token_exchange import ApprovalPending
+from controlplane.validation import Obj, Str, parse
+
+__all__ = ["EXCHANGE_IN", "KEYS_ROTATE", "ROUTES", "setup"]
+
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+FORM = "application/x-www-form-urlencoded"
+# Oversized tokens get invalid_subject_token (token_too_large) from attestation, not a 400 here.
+MAX_SUBJECT_TOKEN_CHARS = 64 * 1024
+
+KEYS_ROTATE = Permission("keys.rotate", Role.OWNER, "Rotate the control plane's JWT signing key")
+
+EXCHANGE_IN = Obj(
+    {
+        "subject_token": Str(
+            max_len=MAX_SUBJECT_TOKEN_CHARS,
+            secret=True,
+            description="the pod's projected service-account token",
+        ),
+        "subject_token_type": Str(choices=(JWT_TYPE,)),
+        "audience": Str(max_len=2048, description="the target's audience"),
+        "requested_token_type": Str(required=False, choices=(ACCESS_TOKEN_TYPE, JWT_TYPE)),
+        "grant_type": Str(required=False, choices=("urn:ietf:params:oauth:grant-type:token-exchange",)),
+        "scope": Str(required=False, min_len=0, max_len=1024, description="accepted and ignored"),
+    }
+)
+
+
+async def _read_exchange(request: web.Request) -> dict[str, Any]:
+    limit = request.app[CONFIG].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes") from None
+    if request.content_type == FORM:
+        try:
+            pairs = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=bool(raw))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid form data") from None
+        data: Any = {}
+        for key, values in pairs.items():
+            if len(values) != 1:
+                raise InvalidRequest(f"{key} must be given once", field=key)
+            data[key] = values[0]
+    else:
+        try:
+            data = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("request body is not valid JSON") from None
+    return parse(EXCHANGE_IN, data)
+
+
+async def token_exchange(request: web.Request) -> web.Response:
+    service = request.app[EXCHANGE]
+    correlation_id = request.get(REQUEST_ID)
+    try:
+        body = await _read_exchange(request)
+    except SesameError as exc:
+        await service.denied(exc.code, {}, correlation_id, detail=getattr(exc, "field", None))
+        raise
+    result = await service.exchange(
+        subject_token=body["subject_token"],
+        audience=body["audience"],
+        correlation_id=correlation_id,
+        issuer_url=issuer_url(request),
+    )
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if isinstance(result, ApprovalPending):
+        return json_response(result.response(), status=202, headers=headers)
+    return json_response(result.credential.response(), headers=headers)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    keys = await request.app[SIGNING_KEYS].jwks()
+    return json_response(keys, headers={"Cache-Control": "max-age=60"})
+
+
+async def openid_configuration(request: web.Request) -> web.Response:
+    return json_response(discovery_document(issuer_url(request)), headers={"Cache-Control": "max-age=300"})
+
+
+async def rotate_keys(request: web.Request) -> web.Response:
+    key, retired = await request.app[SIGNING_KEYS].rotate()
+    await audit_event(request, type="signing_key.rotated", extra={"kid": key.kid, "retired": retired})
+    return json_response({"kid": key.kid, "retired": retired})
+
+
+_EXCHANGE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": EXCHANGE_IN.json_schema()},
+            FORM: {"schema": EXCHANGE_IN.json_schema()},
+        },
+    },
+    "responses": {
+        "200": {"description": "the credential: access_token, issued_token_type, token_type, expires_in"},
+        "202": {"description": "approval_pending: {status, approval_id}"},
+        **{
+            code: {
+                "description": text,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            for code, text in (
+                ("400", "invalid_request"),
+                ("401", "invalid_subject_token"),
+                ("403", "workload_revoked | policy_denied"),
+                ("404", "unknown_workload | unknown_target"),
+                ("429", "rate_limited"),
+                ("502", "upstream_mint_failed"),
+            )
+        },
+    },
+}
+
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/token-exchange",
+        token_exchange,
+        None,
+        "Exchange a Kubernetes service-account token for a target credential (RFC 8693)",
+        openapi=_EXCHANGE_DOC,
+        tags=("token-exchange",),
+    ),
+    Route(
+        "GET",
+        "/v1/jwks",
+        jwks,
+        None,
+        "Public keys of the control plane's signed JWTs",
+        tags=("keys",),
+        content_type="application/json",
+    ),
+    Route(
+        "GET",
+        "/.well-known/openid-configuration",
+        openid_configuration,
+        None,
+        "OIDC discovery for the control plane's signed JWTs",
+        tags=("keys",),
+    ),
+    Route(
+        "POST", "/v1/keys/rotate", rotate_keys, KEYS_ROTATE, "Make a new current signing key", tags=("keys",)
+    ),
+]

@@ -1,0 +1,83 @@
+"""/v1/workloads: workload identity registrations (seed 000 shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api._crud import Resource, crud_routes
+from controlplane.permissions import WORKLOADS_READ, WORKLOADS_WRITE
+from controlplane.validation import Obj, Str
+
+__all__ = ["ROUTES", "WORKLOAD_IN", "workload_view"]
+
+ATTESTATION_TYPE = "kubernetes-service-account"
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+STATUSES = ("active", "revoked")
+
+WORKLOAD_IN = Obj(
+    {
+        "name": Str(max_len=200, description="display name, unique"),
+        "attestation": Obj(
+            {
+                "type": Str(choices=(ATTESTATION_TYPE,)),
+                "namespace": Str(max_len=63, pattern=DNS_LABEL),
+                "service_account": Str(max_len=253, pattern=DNS_SUBDOMAIN),
+                "cluster": Str(required=False, max_len=200, description="name of a registered cluster"),
+            }
+        ),
+    }
+)
+WORKLOAD_PATCH = Obj(
+    {
+        "name": Str(required=False, max_len=200),
+        "status": Str(required=False, choices=STATUSES, description="revoked workloads get no tokens"),
+    }
+)
+
+
+def workload_view(record: dict[str, Any]) -> dict[str, Any]:
+    att = record["attestation"]
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "attestation_type": att["type"],
+        "namespace": att["namespace"],
+        "service_account": att["service_account"],
+        "cluster": att.get("cluster"),
+        "status": record["status"],
+        "created_at": record["created_at"],
+        "updated_at": record["updated_at"],
+    }
+
+
+async def _prepare(
+    request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
+) -> tuple[dict[str, Any], bytes | None]:
+    if current is None:
+        return {**body, "status": "active"}, None
+    return body, None
+
+
+ROUTES = crud_routes(
+    Resource(
+        kind="workloads",
+        path="/v1/workloads",
+        singular="workload",
+        create=WORKLOAD_IN,
+        patch=WORKLOAD_PATCH,
+        read=WORKLOADS_READ,
+        write=WORKLOADS_WRITE,
+        view=workload_view,
+        created_view=lambda r: {"id": r["id"], "name": r["name"], "status": r["status"]},
+        prepare=_prepare,
+        filters={
+            "namespace": Str(required=False, max_len=63),
+            "service_account": Str(required=False, max_len=253),
+            "status": Str(required=False, choices=STATUSES),
+        },
+        audit_fields=lambda r: {"workload_id": r["id"]},
+    )
+)

@@ -1,0 +1,129 @@
+"""The control plane aiohttp application factory.
+
+Long-lived objects live on the app under typed keys (import them from `controlplane.appkeys`):
+
+    app[CONFIG]        Config             validated settings
+    app[CLOCK]         Clock              injected time source (tests pass a FakeClock)
+    app[STORE]         SqliteStore        `.registry`, `.api_keys`, `.audit`, `.db` (opened on startup)
+    app[AUDIT]         AuditWriter        `await app[AUDIT].record(type=..., actor=..., outcome=..., ...)`
+    app[ENVELOPE]      Envelope           `seal(bytes, aad) -> bytes`, `open(bytes, aad) -> bytes`
+    app[METRICS]       Metrics            `token_issued(target)`, `token_denied(reason)`
+    app[API_KEYS]      ApiKeys            create / authenticate / revoke admin keys
+    app[RATE_LIMITER]  RateLimiter        per admin key
+    app[ROUTES]        list[Route]        every registered route (drives /openapi.json, /v1/permissions)
+    app[READY_CHECKS]  dict[str, check]   async callables raising on failure; /readyz runs them
+
+Per request: `request[REQUEST_ID]`, `request[PRINCIPAL]` (ApiKey of admin callers),
+`request[BODY]` / `request[QUERY]` (validated, when the Route declares a schema).
+
+Route modules are listed in `controlplane.api.MODULES`; a module exposes `ROUTES` and may define
+`setup(app)` to add its own app keys, ready checks or `cleanup_ctx` (runs after the store opens).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from controlplane.api import MODULES
+from controlplane.api_keys import ApiKeys
+from controlplane.appkeys import (
+    API_KEYS,
+    AUDIT,
+    CLOCK,
+    CONFIG,
+    ENVELOPE,
+    METRICS,
+    RATE_LIMITER,
+    READY_CHECKS,
+    ROUTES,
+    STORE,
+)
+from controlplane.audit import AuditUnavailable, AuditWriter
+from controlplane.clock import Clock, SystemClock
+from controlplane.config import Config
+from controlplane.envelope import Envelope
+from controlplane.errors import StartupError
+from controlplane.metrics import Metrics
+from controlplane.middlewares import error_middleware, observe_middleware
+from controlplane.ratelimit import RateLimiter
+from controlplane.routes import Route
+from controlplane.routing import register_routes
+from controlplane.store.sqlite import SqliteStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """Build the app; the store opens, migrates and the audit writer starts on app startup."""
+    clock = clock or SystemClock()
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[observe_middleware, error_middleware]
+    )
+    store = SqliteStore(config.db_path)
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[STORE] = store
+    app[ENVELOPE] = Envelope.from_keys(config.kek, config.kek_previous)
+    app[METRICS] = Metrics()
+    app[AUDIT] = AuditWriter(store.audit, clock, batch_max=config.audit_batch_max)
+    app[API_KEYS] = ApiKeys(store.api_keys, clock)
+    app[RATE_LIMITER] = RateLimiter(limit=config.rate_limit_per_minute, clock=clock)
+    app[READY_CHECKS] = {"database": store.ping, "audit_writer": _audit_check(app)}
+    app.cleanup_ctx.append(_lifecycle)
+    routes: list[Route] = []
+    for module in MODULES:
+        routes.extend(module.ROUTES)
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            setup(app)
+    app[ROUTES] = routes
+    register_routes(app, routes)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config, store = app[CONFIG], app[STORE]
+    await store.start()
+    try:
+        await check_kek(store, app[ENVELOPE])
+        if config.bootstrap_api_key and await app[API_KEYS].ensure_bootstrap(config.bootstrap_api_key):
+            log.info("registered the bootstrap API key as owner")
+        await app[AUDIT].start()
+    except BaseException:
+        await store.close()
+        raise
+    try:
+        yield
+    finally:
+        await app[AUDIT].close()
+        await store.close()
+
+
+async def check_kek(store: SqliteStore, envelope: Envelope) -> None:
+    """Refuse to start when sealed secrets exist that no configured KEK can open."""
+    blobs = await store.sealed_blobs()
+    if not blobs:
+        return
+    if not envelope.enabled:
+        raise StartupError(
+            "the database holds encrypted secrets but no key-encryption key is configured: "
+            "set SESAME_KEK (base64 of 32 bytes) or SESAME_KEK_FILE"
+        )
+    if not all(envelope.can_open(b) for b in blobs):
+        raise StartupError(
+            "the configured key-encryption key did not seal the secrets in this database: "
+            "set the original key as SESAME_KEK or list it in SESAME_KEK_PREVIOUS"
+        )
+
+
+def _audit_check(app: web.Application):
+    async def check() -> None:
+        if not app[AUDIT].running:
+            raise AuditUnavailable("audit writer is not running")
+
+    return check

@@ -1,0 +1,87 @@
+"""Checks shared by every verifier: the JOSE header, registered claims, and `kubernetes.io`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+
+from controlplane.attest.identity import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    ClusterTrust,
+    Identity,
+    InvalidSubjectToken,
+)
+
+__all__ = ["ASYMMETRIC_ALGS", "check_claims", "identity_from_claims", "read_unverified"]
+
+# Kubernetes signs with RS256 or ES256 (ES384/ES512/PS* are possible with custom key files).
+ASYMMETRIC_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
+
+
+def read_unverified(
+    token: str, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims before verification, used only to route the token to its cluster."""
+    if len(token.encode()) > max_bytes:
+        raise InvalidSubjectToken("token_too_large", f"the subject token is larger than {max_bytes} bytes")
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise InvalidSubjectToken("malformed", "the subject token is not a JWT") from exc
+    alg = header.get("alg")
+    if alg not in ASYMMETRIC_ALGS:
+        raise InvalidSubjectToken("alg_not_allowed", f"the signing algorithm {alg!r} is not accepted")
+    return header, claims
+
+
+def check_claims(claims: dict[str, Any], cluster: ClusterTrust, *, now: float, skew: float) -> Identity:
+    """Issuer, audience, validity window (with skew) and `kubernetes.io` claims → the Identity."""
+    if claims.get("iss") != cluster.issuer:
+        raise InvalidSubjectToken("wrong_issuer", "the token's issuer is not the cluster's issuer")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if cluster.audience not in audiences:
+        raise InvalidSubjectToken(
+            "audience_mismatch", f"the token's audience does not include {cluster.audience!r}"
+        )
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    if not isinstance(exp, int | float):
+        raise InvalidSubjectToken("missing_claims", "the token has no expiry")
+    if now >= exp + skew:
+        raise InvalidSubjectToken("expired", "the token has expired")
+    for name, value in (("nbf", nbf), ("iat", iat)):
+        if value is not None and (not isinstance(value, int | float) or value > now + skew):
+            raise InvalidSubjectToken("not_yet_valid", f"the token is not valid yet ({name})")
+    return identity_from_claims(claims, cluster)
+
+
+def identity_from_claims(claims: dict[str, Any], cluster: ClusterTrust) -> Identity:
+    """The identity in a projected token's `kubernetes.io` claim, cross-checked against `sub`."""
+    k8s = claims.get("kubernetes.io")
+    try:
+        namespace = k8s["namespace"]
+        service_account = k8s["serviceaccount"]["name"]
+        pod = k8s.get("pod") or {}
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise InvalidSubjectToken(
+            "missing_claims", "the token has no kubernetes.io service-account claims"
+        ) from exc
+    if not (
+        isinstance(namespace, str) and namespace and isinstance(service_account, str) and service_account
+    ):
+        raise InvalidSubjectToken("missing_claims", "the token has no kubernetes.io service-account claims")
+    if claims.get("sub") != f"system:serviceaccount:{namespace}:{service_account}":
+        raise InvalidSubjectToken(
+            "missing_claims", "the token's subject does not match its kubernetes.io claims"
+        )
+    return Identity(
+        cluster=cluster.name,
+        cluster_id=cluster.id,
+        namespace=namespace,
+        service_account=service_account,
+        pod_name=pod.get("name") if isinstance(pod, dict) else None,
+        pod_uid=pod.get("uid") if isinstance(pod, dict) else None,
+        expires_at=float(claims["exp"]),
+    )

@@ -1,0 +1,165 @@
+"""The audit log: a batching, hash-chained writer and the chain verifier.
+
+`await writer.record(type=..., actor=..., outcome=...)` returns only after the event's row is
+committed; concurrent calls share one transaction (group commit). Each row stores
+`hash = sha256(prev_hash | canonical fields)`, so editing or deleting any row breaks the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any
+
+from controlplane.clock import Clock, format_ts
+from controlplane.errors import SesameError
+from controlplane.ids import new_id
+from controlplane.store.base import AuditStore
+from controlplane.store.sqlite.audit import AUDIT_FIELDS
+
+__all__ = ["AuditWriter", "event_hash", "verify_chain"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_MAX = 500
+DEFAULT_QUEUE_MAX = 10_000
+
+
+class AuditUnavailable(SesameError):
+    """The audit writer is stopped or its database write failed: the request must not succeed."""
+
+    code, status = "audit_unavailable", 503
+
+
+def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    canonical = json.dumps([row[f] for f in AUDIT_FIELDS], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}|{canonical}".encode()).hexdigest()
+
+
+class AuditWriter:
+    """Owns the single background task that appends audit rows in batches."""
+
+    def __init__(self, store: AuditStore, clock: Clock, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+        self._store = store
+        self._clock = clock
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]] | None] = asyncio.Queue(
+            DEFAULT_QUEUE_MAX
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._head = ""
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        self._head = await self._store.head()
+        self._task = asyncio.create_task(self._run(), name="sesame-audit-writer")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    async def record(
+        self,
+        *,
+        type: str,
+        actor: str,
+        outcome: str,
+        workload_id: str | None = None,
+        target_service: str | None = None,
+        audience: str | None = None,
+        ttl_seconds: int | None = None,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append one event and wait until it is committed; returns the event as /v1/audit shows it."""
+        if not self.running:
+            raise AuditUnavailable("audit writer is not running")
+        row = {
+            "id": new_id("evt"),
+            "ts": format_ts(self._clock.time()),
+            "type": type,
+            "actor": actor,
+            "outcome": outcome,
+            "workload_id": workload_id,
+            "target_service": target_service,
+            "audience": audience,
+            "ttl_seconds": ttl_seconds,
+            "reason": reason,
+            "correlation_id": correlation_id,
+            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
+        }
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((row, done))
+        await done
+        event = {k: v for k, v in row.items() if k not in ("ts", "extra")}
+        return {**event, "timestamp": row["ts"], "extra": extra or {}}
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch = []
+            if first is None:
+                stopping = True
+            else:
+                batch.append(first)
+            while len(batch) < self._batch_max and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        prev = self._head
+        rows = []
+        for row, _ in batch:
+            row = {**row, "prev_hash": prev}
+            row["hash"] = prev = event_hash(row["prev_hash"], row)
+            rows.append(row)
+        try:
+            await self._store.append(rows, head=prev)
+        except Exception as exc:
+            log.error("audit write failed: %s", exc)
+            error = AuditUnavailable("audit log write failed")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+            try:
+                self._head = await self._store.head()
+            except Exception:  # keep the in-memory head; the next write will tell
+                log.error("cannot re-read audit head", exc_info=True)
+            return
+        self._head = prev
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+
+async def verify_chain(store: AuditStore) -> dict[str, Any]:
+    """Walk every row: `{ok, checked, first_bad_id}` (first_bad_id None with ok False: tail missing)."""
+    head = await store.head()
+    expected = await store.anchor()
+    checked = 0
+    saw_head = head == expected
+    async for row in store.chain():
+        if row["prev_hash"] != expected or event_hash(row["prev_hash"], row) != row["hash"]:
+            return {"ok": False, "checked": checked, "first_bad_id": row["id"]}
+        expected = row["hash"]
+        checked += 1
+        saw_head = saw_head or expected == head
+    if not saw_head:
+        return {"ok": False, "checked": checked, "first_bad_id": None, "reason": "newest events are missing"}
+    return {"ok": True, "checked": checked, "first_bad_id": None}

@@ -1,0 +1,126 @@
+"""Control plane settings, built and validated once from flags and `SESAME_*` variables.
+
+Flags win over environment variables; nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.envelope import load_kek
+from controlplane.errors import StartupError
+from controlplane.injector_spec import InjectorSettings
+
+__all__ = [
+    "DEFAULT_AUDIT_BATCH_MAX",
+    "DEFAULT_DB",
+    "DEFAULT_LISTEN",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_RATE_LIMIT_PER_MINUTE",
+    "Config",
+    "parse_listen",
+]
+
+DEFAULT_DB = Path("sesame.db")
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_RATE_LIMIT_PER_MINUTE = 120
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_AUDIT_BATCH_MAX = 500
+DEFAULT_AUDIENCE = "sesame"
+MIN_API_KEY_RANDOM = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    db_path: Path = DEFAULT_DB
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    kek: bytes | None = field(default=None, repr=False)
+    kek_previous: tuple[bytes, ...] = field(default=(), repr=False)
+    bootstrap_api_key: str | None = field(default=None, repr=False)
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    audit_batch_max: int = DEFAULT_AUDIT_BATCH_MAX
+    audience: str = DEFAULT_AUDIENCE
+    log_level: str = "INFO"
+    injector: InjectorSettings = field(default_factory=InjectorSettings)  # admission webhook (K8s)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise StartupError("--tls-cert and --tls-key must be given together")
+        if self.rate_limit_per_minute < 1:
+            raise StartupError("rate limit must be at least 1 request per minute")
+        if self.max_body_bytes < 1024:
+            raise StartupError("max body size must be at least 1024 bytes")
+        key = self.bootstrap_api_key
+        if key is not None and (not key.startswith("ses_") or len(key) < 4 + MIN_API_KEY_RANDOM):
+            raise StartupError(
+                f"SESAME_BOOTSTRAP_API_KEY must be ses_ followed by >= {MIN_API_KEY_RANDOM} chars"
+            )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    @classmethod
+    def build(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> Config:
+        """Merge flags (None = not given) over `SESAME_*` env vars over defaults."""
+
+        def pick(flag: str, var: str) -> Any:
+            value = flags.get(flag)
+            return value if value is not None else (env.get(var) or None)
+
+        host, port = parse_listen(pick("listen", "SESAME_LISTEN") or DEFAULT_LISTEN)
+        kek_file = pick("kek_file", "SESAME_KEK_FILE")
+        kek = load_kek(path=Path(kek_file)) if kek_file else load_kek(value=env.get("SESAME_KEK"))
+        previous = tuple(
+            k
+            for text in (env.get("SESAME_KEK_PREVIOUS") or "").split(",")
+            if text.strip()
+            for k in [load_kek(value=text, source="SESAME_KEK_PREVIOUS")]
+            if k is not None
+        )
+        cert, key = pick("tls_cert", "SESAME_TLS_CERT"), pick("tls_key", "SESAME_TLS_KEY")
+        return cls(
+            db_path=Path(pick("db", "SESAME_DB") or DEFAULT_DB),
+            listen_host=host,
+            listen_port=port,
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+            kek=kek,
+            kek_previous=previous,
+            bootstrap_api_key=env.get("SESAME_BOOTSTRAP_API_KEY") or None,
+            rate_limit_per_minute=_int(
+                pick("rate_limit", "SESAME_RATE_LIMIT"), DEFAULT_RATE_LIMIT_PER_MINUTE, "SESAME_RATE_LIMIT"
+            ),
+            max_body_bytes=_int(
+                pick("max_body_bytes", "SESAME_MAX_BODY_BYTES"),
+                DEFAULT_MAX_BODY_BYTES,
+                "SESAME_MAX_BODY_BYTES",
+            ),
+            audience=pick("audience", "SESAME_AUDIENCE") or DEFAULT_AUDIENCE,
+            log_level=(pick("log_level", "SESAME_LOG_LEVEL") or "INFO").upper(),
+            injector=InjectorSettings.build(env, audience=pick("audience", "SESAME_AUDIENCE")),
+        )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[v6]:PORT`) → (host, port); port 0 picks a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise StartupError(f"listen address must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _int(value: Any, default: int, name: str) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StartupError(f"{name} must be an integer") from None

@@ -1,0 +1,120 @@
+"""Wiring of the token-exchange services onto the app (settings, app keys, start-up and close).
+
+app[EXCHANGE_SETTINGS] = ExchangeSettings(issuer_url=..., kubeconfig=...)   # optional override
+app[EXCHANGE]      TokenExchange     the pipeline (+ `.store`: SqliteExchange)
+app[SIGNING_KEYS]  SigningKeys       ES256 key set behind /v1/jwks and signed-jwt providers
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from controlplane.appkeys import AUDIT, CLOCK, ENVELOPE, METRICS, STORE
+from controlplane.attest import (
+    Attestor,
+    ClusterTrust,
+    JwksSettings,
+    JwksVerifier,
+    TokenReviewSettings,
+    TokenReviewVerifier,
+)
+from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS
+from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
+from controlplane.signing_keys import DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS, SigningKeys
+from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.token_exchange import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE, TokenExchange
+
+__all__ = [
+    "DEFAULT_ROUTES_REFRESH_SECONDS",
+    "EXCHANGE",
+    "EXCHANGE_SETTINGS",
+    "SIGNING_KEYS",
+    "ExchangeSettings",
+    "issuer_url",
+    "setup",
+]
+
+DEFAULT_ROUTES_REFRESH_SECONDS = 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExchangeSettings:
+    """Token-exchange settings; `issuer_url` None means "the URL the caller used to reach us"."""
+
+    issuer_url: str | None = None
+    rate_limit_per_minute: int = DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
+    approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS
+    routes_refresh_seconds: int = DEFAULT_ROUTES_REFRESH_SECONDS
+    max_signed_jwt_ttl_seconds: int = DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
+    jwks: JwksSettings = field(default_factory=JwksSettings)
+    tokenreview: TokenReviewSettings = field(default_factory=TokenReviewSettings)
+
+
+EXCHANGE_SETTINGS = web.AppKey("exchange_settings", ExchangeSettings)
+EXCHANGE = web.AppKey("exchange", TokenExchange)
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
+
+
+class _Clusters:
+    """The store's clusters as an attestation `ClusterDirectory`."""
+
+    def __init__(self, store: SqliteExchange) -> None:
+        self._store = store
+
+    async def cluster_by_issuer(self, issuer: str) -> ClusterTrust | None:
+        record = await self._store.cluster_by_issuer(issuer)
+        return None if record is None else ClusterTrust.from_record(record)
+
+
+def setup(app: web.Application) -> None:
+    """Called by create_app; services are built at start-up, after the store has opened."""
+    if EXCHANGE_SETTINGS not in app:
+        app[EXCHANGE_SETTINGS] = ExchangeSettings()
+    app.cleanup_ctx.append(_lifecycle)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings, clock = app[EXCHANGE_SETTINGS], app[CLOCK]
+    store = SqliteExchange(app[STORE].db)
+    keys = SigningKeys(
+        store=store,
+        envelope=app[ENVELOPE],
+        clock=clock,
+        max_token_ttl_seconds=settings.max_signed_jwt_ttl_seconds,
+    )
+    jwks = JwksVerifier(settings=settings.jwks, clock=clock)
+    tokenreview = TokenReviewVerifier(settings=settings.tokenreview, clock=clock)
+    oauth2 = OAuth2ClientCredentialsProvider(clock=clock)
+    app[SIGNING_KEYS] = keys
+    app[EXCHANGE] = TokenExchange(
+        store=store,
+        attestor=Attestor(clusters=_Clusters(store), jwks=jwks, tokenreview=tokenreview),
+        providers={
+            "static": StaticProvider(),
+            "oauth2-client-credentials": oauth2,
+            "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=settings.issuer_url, clock=clock),
+        },
+        envelope=app[ENVELOPE],
+        audit=app[AUDIT],
+        metrics=app[METRICS],
+        clock=clock,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
+        approval_window_seconds=settings.approval_window_seconds,
+    )
+    try:
+        yield
+    finally:
+        await jwks.close()
+        await tokenreview.close()
+        await oauth2.close()
+
+
+def issuer_url(request: web.Request) -> str:
+    """The control plane's issuer URL: configured, or the origin this request came in on."""
+    configured = request.app[EXCHANGE_SETTINGS].issuer_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.scheme}://{request.host}"

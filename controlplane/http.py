@@ -1,0 +1,54 @@
+"""Helpers for handlers: JSON responses, list pages, audit events tied to the request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.appkeys import AUDIT, CLOCK, PRINCIPAL, QUERY, REQUEST_ID
+from controlplane.clock import format_ts
+from controlplane.pagination import Page, decode_cursor
+
+__all__ = ["actor_of", "audit_event", "cursor_seq", "json_response", "now_ts", "page_response"]
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+
+
+def actor_of(request: web.Request) -> str:
+    """`api_key:<id>` for admin callers, `anonymous` otherwise."""
+    principal = request.get(PRINCIPAL)
+    return f"api_key:{principal.id}" if principal is not None else "anonymous"
+
+
+def now_ts(request: web.Request) -> str:
+    return format_ts(request.app[CLOCK].time())
+
+
+def cursor_seq(request: web.Request) -> int | None:
+    """The validated `cursor` query parameter as a sequence number (400 if malformed)."""
+    return decode_cursor(request[QUERY].get("cursor"))
+
+
+def page_response(page: Page, *, key: str = "data") -> web.Response:
+    return json_response({key: page.rows, "next_cursor": page.next_cursor()})
+
+
+async def audit_event(
+    request: web.Request, *, type: str, outcome: str = "success", actor: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """Record an audit event for this request (actor and correlation id filled in); waits for commit."""
+    return await request.app[AUDIT].record(
+        type=type,
+        actor=actor or actor_of(request),
+        outcome=outcome,
+        correlation_id=request.get(REQUEST_ID),
+        **fields,
+    )

@@ -1,0 +1,308 @@
+"""The admission webhook's logic: AdmissionReview (admission.k8s.io/v1) in → response with a JSONPatch out.
+
+Pure: no I/O. The route (`controlplane.api.admission`) parses the body, calls :func:`review` and
+audits the returned :class:`Outcome`. A pod that asked for injection but cannot be mutated
+correctly is never skipped silently: denied when ``strict``, otherwise allowed with warnings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from controlplane.errors import InvalidRequest
+from controlplane.injector_spec import (
+    ANNOTATION_PREFIX,
+    INIT_NAME,
+    PROXY_NAME,
+    TRUST_DIR,
+    TRUST_MOUNT,
+    VOLUME_NAMES,
+    InjectorSettings,
+    Resources,
+    explicit_env,
+    init_container,
+    proxy_container,
+    trust_env,
+    valid_quantity,
+    volumes,
+)
+
+__all__ = [
+    "ANNOTATIONS",
+    "InjectionProblem",
+    "InjectorSettings",
+    "Outcome",
+    "build_patch",
+    "escape_pointer",
+    "review",
+]
+
+A_INJECT = ANNOTATION_PREFIX + "inject"
+A_STATUS = ANNOTATION_PREFIX + "status"
+A_MODE = ANNOTATION_PREFIX + "mode"
+A_NATIVE = ANNOTATION_PREFIX + "native-sidecar"
+A_CONTAINERS = ANNOTATION_PREFIX + "containers"
+A_SKIP = ANNOTATION_PREFIX + "skip-containers"
+A_EXCLUDE_CIDRS = ANNOTATION_PREFIX + "exclude-cidrs"
+A_EXCLUDE_PORTS = ANNOTATION_PREFIX + "exclude-ports"
+A_RESOURCES = {
+    "cpu": ANNOTATION_PREFIX + "proxy-cpu",
+    "memory": ANNOTATION_PREFIX + "proxy-memory",
+    "cpu_limit": ANNOTATION_PREFIX + "proxy-cpu-limit",
+    "memory_limit": ANNOTATION_PREFIX + "proxy-memory-limit",
+}
+ANNOTATIONS = (
+    A_INJECT,
+    A_STATUS,
+    A_MODE,
+    A_NATIVE,
+    A_CONTAINERS,
+    A_SKIP,
+    A_EXCLUDE_CIDRS,
+    A_EXCLUDE_PORTS,
+    *A_RESOURCES.values(),
+)
+INJECTED = "injected"
+API_VERSION = "admission.k8s.io/v1"
+JAVA_TOOL_OPTIONS = "JAVA_TOOL_OPTIONS"
+
+
+class InjectionProblem(Exception):
+    """The pod asked for injection but cannot be mutated correctly."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the webhook did: ``injected``, ``skipped`` (with a reason code) or ``denied``."""
+
+    action: Literal["injected", "skipped", "denied"]
+    reason: str
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    namespace: str = ""
+    pod: str = ""
+
+
+def escape_pointer(token: str) -> str:
+    """RFC 6901: ``~`` → ``~0``, ``/`` → ``~1`` (annotation keys contain ``/``)."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def review(document: Any, settings: InjectorSettings, *, namespace_opted_in: bool) -> tuple[dict, Outcome]:
+    """Answer one AdmissionReview; raises ``InvalidRequest`` (400) when it is malformed."""
+    request = _request_of(document)
+    uid = request["uid"]
+    pod = request.get("object")
+    kind = request.get("kind") or {}
+    namespace = str(request.get("namespace") or "")
+    if request.get("operation") != "CREATE" or kind.get("kind") != "Pod" or kind.get("group", "") != "":
+        outcome = Outcome("skipped", "not_a_pod_create", namespace=namespace)
+        return _response(uid, outcome), outcome
+    if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
+        raise InvalidRequest("request.object must be a Pod with a spec", field="request.object")
+    meta = pod.get("metadata") or {}
+    name = str(meta.get("name") or meta.get("generateName") or "")
+    annotations = meta.get("annotations") or {}
+    namespace = namespace or str(meta.get("namespace") or "")
+
+    wanted = annotations.get(A_INJECT)
+    if annotations.get(A_STATUS) == INJECTED:
+        outcome = Outcome("skipped", "already_injected", namespace=namespace, pod=name)
+    elif wanted == "false":
+        outcome = Outcome("skipped", "opted_out", namespace=namespace, pod=name)
+    elif wanted is None and not namespace_opted_in:
+        outcome = Outcome("skipped", "not_opted_in", namespace=namespace, pod=name)
+    else:
+        try:
+            if wanted not in (None, "true"):
+                raise InjectionProblem(f'annotation {A_INJECT} must be "true" or "false", got {wanted!r}')
+            patch, warnings = build_patch(pod, settings)
+            outcome = Outcome("injected", "injected", patch, warnings, namespace, name)
+        except InjectionProblem as exc:
+            message = f"sesame injection failed for pod {namespace}/{name}: {exc}"
+            if settings.strict:
+                outcome = Outcome("denied", message, namespace=namespace, pod=name)
+            else:
+                warning = f"{message}; the pod was admitted WITHOUT the sesame proxy"
+                outcome = Outcome(
+                    "skipped", "injection_failed", warnings=[warning], namespace=namespace, pod=name
+                )
+    return _response(uid, outcome), outcome
+
+
+def _request_of(document: Any) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise InvalidRequest("body must be an AdmissionReview object")
+    if document.get("apiVersion") != API_VERSION or document.get("kind") != "AdmissionReview":
+        raise InvalidRequest(f"expected apiVersion {API_VERSION}, kind AdmissionReview", field="apiVersion")
+    request = document.get("request")
+    if not isinstance(request, dict):
+        raise InvalidRequest("request is missing", field="request")
+    if not isinstance(request.get("uid"), str) or not request["uid"]:
+        raise InvalidRequest("request.uid is missing", field="request.uid")
+    return request
+
+
+def _response(uid: str, outcome: Outcome) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": outcome.action != "denied"}
+    if outcome.action == "denied":
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": outcome.reason}
+    if outcome.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(outcome.patch).encode()).decode()
+    if outcome.warnings:
+        response["warnings"] = list(outcome.warnings)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+# ---------------------------------------------------------------------------------------------
+# the patch
+
+
+def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[dict[str, Any]], list[str]]:
+    """JSONPatch ops injecting the sidecar into ``pod`` plus warnings; raises InjectionProblem."""
+    spec = pod["spec"]
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    containers = _list(spec, "containers")
+    inits = _list(spec, "initContainers")
+    warnings: list[str] = []
+
+    if spec.get("hostNetwork"):
+        raise InjectionProblem("hostNetwork pods share the node's network stack and cannot be injected")
+    taken = {c.get("name") for c in (*containers, *inits)} & {INIT_NAME, PROXY_NAME}
+    if taken:
+        raise InjectionProblem(f"container name {sorted(taken)[0]!r} is already used by the pod")
+    clash = {v.get("name") for v in _list(spec, "volumes")} & set(VOLUME_NAMES)
+    if clash:
+        raise InjectionProblem(f"volume name {sorted(clash)[0]!r} is already used by the pod")
+
+    mode = annotations.get(A_MODE, settings.mode)
+    if mode not in ("transparent", "explicit"):
+        raise InjectionProblem(f'annotation {A_MODE} must be "transparent" or "explicit", got {mode!r}')
+    native = _bool(annotations, A_NATIVE, settings.native_sidecar)
+    resources = _resources(annotations, settings.resources)
+    exclude_cidrs = settings.exclude_cidrs + _items(annotations, A_EXCLUDE_CIDRS)
+    exclude_ports = settings.exclude_ports + _ports(annotations)
+    env = dict(trust_env(settings))
+    if mode == "explicit":
+        env.update(explicit_env(settings))
+
+    ops: list[dict[str, Any]] = []
+    # 1. existing containers first, by their original index (the inserts below shift initContainers).
+    selected = _selected(annotations, containers, inits)
+    for path, items in (("/spec/containers", containers), ("/spec/initContainers", inits)):
+        for index, container in enumerate(items):
+            if container.get("name") in selected:
+                ops += _container_ops(f"{path}/{index}", container, env, warnings)
+
+    # 2. volumes, 3. the init container and the proxy, 4. the status annotation.
+    ops += _append_ops(spec, "volumes", "/spec/volumes", volumes(settings))
+    init = init_container(settings, mode=mode, exclude_cidrs=exclude_cidrs, exclude_ports=exclude_ports)
+    proxy = proxy_container(settings, mode=mode, resources=resources, native=native)
+    if not inits:
+        value = [init, proxy] if native else [init]
+        ops.append({"op": "add", "path": "/spec/initContainers", "value": value})
+    else:
+        ops.append({"op": "add", "path": "/spec/initContainers/0", "value": init})
+        if native:
+            ops.append({"op": "add", "path": "/spec/initContainers/1", "value": proxy})
+    if not native:
+        ops.append({"op": "add", "path": "/spec/containers/-", "value": proxy})
+    if "annotations" not in (pod.get("metadata") or {}) or pod["metadata"]["annotations"] is None:
+        if "metadata" not in pod:
+            ops.append({"op": "add", "path": "/metadata", "value": {}})
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {A_STATUS: INJECTED}})
+    else:
+        ops.append(
+            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(A_STATUS)}", "value": INJECTED}
+        )
+    return ops, warnings
+
+
+def _container_ops(
+    path: str, container: dict[str, Any], env: dict[str, str], warnings: list[str]
+) -> list[dict[str, Any]]:
+    """Env vars and the read-only trust mount for one app container."""
+    name = container.get("name")
+    mounts = _list(container, "volumeMounts")
+    if any(m.get("mountPath", "").rstrip("/") == TRUST_DIR for m in mounts):
+        raise InjectionProblem(f"container {name!r} already mounts something at {TRUST_DIR}")
+    existing = {e.get("name"): (i, e) for i, e in enumerate(_list(container, "env"))}
+    new_env: list[dict[str, str]] = []
+    ops: list[dict[str, Any]] = []
+    for var, value in env.items():
+        if var not in existing:
+            new_env.append({"name": var, "value": value})
+            continue
+        index, entry = existing[var]
+        if var != JAVA_TOOL_OPTIONS:
+            warnings.append(f"container {name!r} sets {var} itself; sesame left it unchanged")
+        elif "valueFrom" in entry:
+            raise InjectionProblem(f"container {name!r} takes {var} from valueFrom; cannot append to it")
+        elif value not in (entry.get("value") or ""):
+            joined = f"{entry.get('value') or ''} {value}".strip()
+            ops.append({"op": "replace", "path": f"{path}/env/{index}/value", "value": joined})
+    ops += _append_ops(container, "env", f"{path}/env", new_env)
+    ops += _append_ops(container, "volumeMounts", f"{path}/volumeMounts", [dict(TRUST_MOUNT)])
+    return ops
+
+
+def _append_ops(obj: dict[str, Any], key: str, path: str, values: list[Any]) -> list[dict[str, Any]]:
+    if not values:
+        return []
+    if not obj.get(key):
+        return [{"op": "add", "path": path, "value": values}]
+    return [{"op": "add", "path": f"{path}/-", "value": value} for value in values]
+
+
+def _list(obj: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = obj.get(key) or []
+    if not isinstance(value, list):
+        raise InjectionProblem(f"{key} must be a list")
+    return value
+
+
+def _items(annotations: dict[str, str], key: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in str(annotations.get(key, "")).split(",") if p.strip())
+
+
+def _bool(annotations: dict[str, str], key: str, default: bool) -> bool:
+    if key not in annotations:
+        return default
+    value = str(annotations[key]).lower()
+    if value not in ("true", "false"):
+        raise InjectionProblem(f'annotation {key} must be "true" or "false", got {annotations[key]!r}')
+    return value == "true"
+
+
+def _ports(annotations: dict[str, str]) -> tuple[int, ...]:
+    ports = _items(annotations, A_EXCLUDE_PORTS)
+    if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports):
+        raise InjectionProblem(f"annotation {A_EXCLUDE_PORTS} must list TCP ports, got {ports!r}")
+    return tuple(int(p) for p in ports)
+
+
+def _resources(annotations: dict[str, str], defaults: Resources) -> Resources:
+    values = {}
+    for attr, key in A_RESOURCES.items():
+        value = str(annotations.get(key, getattr(defaults, attr))).strip()
+        if value and not valid_quantity(value):
+            raise InjectionProblem(f"annotation {key} is not a resource quantity: {value!r}")
+        values[attr] = value
+    return Resources(**values)
+
+
+def _selected(annotations: dict[str, str], containers: list[dict], inits: list[dict]) -> set[str]:
+    """Names of the app containers that get the env and trust mount."""
+    names = [c.get("name") for c in containers]
+    known = set(names) | {c.get("name") for c in inits}
+    chosen = set(_items(annotations, A_CONTAINERS)) or known
+    skipped = set(_items(annotations, A_SKIP))
+    unknown = (chosen | skipped) - known
+    if unknown:
+        listed = ", ".join(sorted(unknown))
+        raise InjectionProblem(f"{A_CONTAINERS}/{A_SKIP} name unknown containers: {listed}")
+    return chosen - skipped

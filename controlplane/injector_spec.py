@@ -1,0 +1,294 @@
+"""What the admission webhook adds to a pod: settings, the init and proxy containers, volumes, env.
+
+Pure builders of Kubernetes objects (plain dicts in the API's JSON shape); the decision and the
+JSONPatch live in `controlplane.injector`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from controlplane.errors import StartupError
+
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "CA_DIR",
+    "INIT_NAME",
+    "PROXY_NAME",
+    "TOKEN_PATH",
+    "TRUST_DIR",
+    "VOLUME_NAMES",
+    "InjectorSettings",
+    "Resources",
+    "init_container",
+    "proxy_container",
+    "proxy_env",
+    "trust_env",
+    "valid_quantity",
+    "volumes",
+]
+
+ANNOTATION_PREFIX = "sesame.dev/"
+INIT_NAME = "sesame-init"
+PROXY_NAME = "sesame-proxy"
+TOKEN_VOLUME, CA_VOLUME, TRUST_VOLUME = "sesame-token", "sesame-ca", "sesame-trust"
+VOLUME_NAMES = (TOKEN_VOLUME, CA_VOLUME, TRUST_VOLUME)
+TOKEN_DIR = "/var/run/secrets/sesame"
+TOKEN_PATH = f"{TOKEN_DIR}/token"
+CA_DIR = "/var/run/sesame/ca"
+TRUST_DIR = "/var/run/sesame/trust"
+TRUST_BUNDLE = f"{TRUST_DIR}/ca-bundle.pem"
+TRUST_STORE = f"{TRUST_DIR}/truststore.p12"
+PROXY_PORT, ADMIN_PORT, PROXY_UID = 15001, 15020, 1337
+
+DEFAULT_PROXY_IMAGE = "ghcr.io/sesame-dev/sesame-proxy:0.1.0"
+DEFAULT_CONTROL_PLANE_URL = "https://sesame.sesame-system.svc:443"
+DEFAULT_AUDIENCE = "sesame"
+DEFAULT_TOKEN_EXPIRATION = 3600
+DEFAULT_TRUSTSTORE_PASSWORD = "changeit"  # a public trust store; the password is not a secret
+DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1")
+
+_QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+
+
+def valid_quantity(text: str) -> bool:
+    """A non-negative Kubernetes resource quantity (``100m``, ``64Mi``, ``0.5``)."""
+    return bool(_QUANTITY.match(text))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """Requests/limits of the proxy; empty strings are left out of the container spec."""
+
+    cpu: str = "50m"
+    memory: str = "64Mi"
+    cpu_limit: str = ""
+    memory_limit: str = "256Mi"
+
+    def spec(self) -> dict[str, dict[str, str]]:
+        requests = {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v}
+        limits = {k: v for k, v in (("cpu", self.cpu_limit), ("memory", self.memory_limit)) if v}
+        return {key: value for key, value in (("requests", requests), ("limits", limits)) if value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InjectorSettings:
+    """Webhook configuration (chart values → ``SESAME_INJECTOR_*`` env → this, built once)."""
+
+    proxy_image: str = DEFAULT_PROXY_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    mode: Literal["transparent", "explicit"] = "transparent"
+    control_plane_url: str = DEFAULT_CONTROL_PLANE_URL
+    audience: str = DEFAULT_AUDIENCE
+    token_expiration_seconds: int = DEFAULT_TOKEN_EXPIRATION
+    native_sidecar: bool = True
+    strict: bool = True
+    resources: Resources = Resources()
+    exclude_cidrs: tuple[str, ...] = ()
+    exclude_ports: tuple[int, ...] = ()
+    no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
+    truststore_password: str = DEFAULT_TRUSTSTORE_PASSWORD
+    # PEM of the CA that signed the control plane's serving certificate (the chart's webhook CA),
+    # handed to the proxy as SESAME_CONTROL_PLANE_CA; empty: the proxy uses the system roots.
+    control_plane_ca: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("transparent", "explicit"):
+            raise StartupError(f"SESAME_INJECTOR_MODE must be transparent or explicit, got {self.mode!r}")
+        if not self.control_plane_url.startswith(("http://", "https://")):
+            raise StartupError("SESAME_INJECTOR_CONTROL_PLANE_URL must be an http(s) URL")
+        if self.token_expiration_seconds < 600:
+            raise StartupError("SESAME_INJECTOR_TOKEN_EXPIRATION must be at least 600 seconds")
+        for name in ("cpu", "memory", "cpu_limit", "memory_limit"):
+            value = getattr(self.resources, name)
+            if value and not valid_quantity(value):
+                raise StartupError(f"SESAME_INJECTOR_PROXY_{name.upper()} is not a quantity: {value!r}")
+
+    @classmethod
+    def build(cls, env: Mapping[str, str], *, audience: str | None = None) -> InjectorSettings:
+        """From ``SESAME_INJECTOR_*``; the token audience is the control plane's own (``audience``,
+        else ``SESAME_AUDIENCE``), so injected pods always carry tokens the control plane accepts."""
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"SESAME_INJECTOR_{name}") or default
+
+        def flag(name: str, default: bool) -> bool:
+            text = get(name, str(default)).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise StartupError(f"SESAME_INJECTOR_{name} must be true or false, got {text!r}")
+            return text in ("true", "1", "yes")
+
+        def items(name: str) -> tuple[str, ...]:
+            return tuple(p.strip() for p in get(name, "").split(",") if p.strip())
+
+        res = Resources()
+        try:
+            ports = tuple(int(p) for p in items("EXCLUDE_PORTS"))
+            expiration = int(get("TOKEN_EXPIRATION", str(DEFAULT_TOKEN_EXPIRATION)))
+        except ValueError as exc:
+            raise StartupError(f"SESAME_INJECTOR_* integer setting: {exc}") from None
+        return cls(
+            proxy_image=get("PROXY_IMAGE", DEFAULT_PROXY_IMAGE),
+            image_pull_policy=get("IMAGE_PULL_POLICY", "IfNotPresent"),
+            mode=get("MODE", "transparent"),  # type: ignore[arg-type]  # checked in __post_init__
+            control_plane_url=get("CONTROL_PLANE_URL", DEFAULT_CONTROL_PLANE_URL),
+            audience=audience or env.get("SESAME_AUDIENCE") or DEFAULT_AUDIENCE,
+            token_expiration_seconds=expiration,
+            native_sidecar=flag("NATIVE_SIDECAR", True),
+            strict=flag("STRICT", True),
+            resources=Resources(
+                cpu=env.get("SESAME_INJECTOR_PROXY_CPU", res.cpu),
+                memory=env.get("SESAME_INJECTOR_PROXY_MEMORY", res.memory),
+                cpu_limit=env.get("SESAME_INJECTOR_PROXY_CPU_LIMIT", res.cpu_limit),
+                memory_limit=env.get("SESAME_INJECTOR_PROXY_MEMORY_LIMIT", res.memory_limit),
+            ),
+            exclude_cidrs=items("EXCLUDE_CIDRS"),
+            exclude_ports=ports,
+            no_proxy=items("NO_PROXY") or DEFAULT_NO_PROXY,
+            truststore_password=get("TRUSTSTORE_PASSWORD", DEFAULT_TRUSTSTORE_PASSWORD),
+            control_plane_ca=get("CONTROL_PLANE_CA", "").strip(),
+        )
+
+
+def _security_context(*, uid: int, caps: tuple[str, ...] = ()) -> dict[str, Any]:
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if caps:
+        capabilities["add"] = list(caps)
+    return {
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": uid != 0,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": capabilities,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def init_container(
+    settings: InjectorSettings, *, mode: str, exclude_cidrs: tuple[str, ...], exclude_ports: tuple[int, ...]
+) -> dict[str, Any]:
+    """``sesame-init``: REDIRECT rules (transparent: root + NET_ADMIN/NET_RAW/CHOWN) and the pod CA."""
+    transparent = mode == "transparent"
+    args = [
+        "init",
+        f"--mode={mode}",
+        f"--proxy-port={PROXY_PORT}",
+        f"--proxy-uid={PROXY_UID}",
+        f"--ca-dir={CA_DIR}",
+        f"--trust-dir={TRUST_DIR}",
+        f"--control-plane={settings.control_plane_url}",
+    ]
+    if exclude_cidrs:
+        args.append(f"--exclude-cidrs={','.join(exclude_cidrs)}")
+    if exclude_ports:
+        args.append(f"--exclude-ports={','.join(str(p) for p in exclude_ports)}")
+    # CHOWN: the root init container hands the CA directory to the proxy's UID.
+    caps = ("NET_ADMIN", "NET_RAW", "CHOWN") if transparent else ()
+    return {
+        "name": INIT_NAME,
+        "image": settings.proxy_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sesame-proxy"],
+        "args": args,
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": _security_context(uid=0 if transparent else PROXY_UID, caps=caps),
+        "volumeMounts": [
+            {"name": CA_VOLUME, "mountPath": CA_DIR},
+            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
+        ],
+    }
+
+
+def proxy_env(settings: InjectorSettings, *, mode: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "SESAME_CONTROL_PLANE", "value": settings.control_plane_url},
+        {"name": "SESAME_TOKEN_FILE", "value": TOKEN_PATH},
+        {"name": "SESAME_LISTEN", "value": f"127.0.0.1:{PROXY_PORT}"},
+        {"name": "SESAME_MODE", "value": mode},
+        # kubelet probes come from the node, so the admin port listens on the pod IP too.
+        {"name": "SESAME_ADMIN", "value": f"0.0.0.0:{ADMIN_PORT}"},
+        {"name": "SESAME_CA_DIR", "value": CA_DIR},
+        {"name": "SESAME_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    if settings.control_plane_ca:
+        env.append({"name": "SESAME_CONTROL_PLANE_CA", "value": settings.control_plane_ca})
+    return env
+
+
+def proxy_container(
+    settings: InjectorSettings, *, mode: str, resources: Resources, native: bool
+) -> dict[str, Any]:
+    """The proxy, as a native sidecar (``restartPolicy: Always`` init container) or a classic one."""
+    probe = {
+        "httpGet": {"path": "/readyz", "port": ADMIN_PORT},
+        "periodSeconds": 1,
+        "failureThreshold": 60,
+        "timeoutSeconds": 2,
+    }
+    container: dict[str, Any] = {
+        "name": PROXY_NAME,
+        "image": settings.proxy_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sesame-proxy"],
+        "args": ["run"],
+        "env": proxy_env(settings, mode=mode),
+        "ports": [{"name": "sesame-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "resources": resources.spec(),
+        "securityContext": _security_context(uid=PROXY_UID),
+        "startupProbe": probe,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": CA_VOLUME, "mountPath": CA_DIR},
+        ],
+    }
+    if native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def volumes(settings: InjectorSettings) -> list[dict[str, Any]]:
+    token = {
+        "audience": settings.audience,
+        "expirationSeconds": settings.token_expiration_seconds,
+        "path": "token",
+    }
+    return [
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
+        {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
+        {"name": TRUST_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+
+
+def trust_env(settings: InjectorSettings) -> dict[str, str]:
+    """Variables that point app runtimes at the trust bundle (JAVA_TOOL_OPTIONS is appended to)."""
+    java = (
+        f"-Djavax.net.ssl.trustStore={TRUST_STORE} -Djavax.net.ssl.trustStoreType=PKCS12 "
+        f"-Djavax.net.ssl.trustStorePassword={settings.truststore_password}"
+    )
+    return {
+        "SSL_CERT_FILE": TRUST_BUNDLE,
+        "REQUESTS_CA_BUNDLE": TRUST_BUNDLE,
+        "CURL_CA_BUNDLE": TRUST_BUNDLE,
+        "NODE_EXTRA_CA_CERTS": TRUST_BUNDLE,
+        "JAVA_TOOL_OPTIONS": java,
+    }
+
+
+def explicit_env(settings: InjectorSettings) -> dict[str, str]:
+    """HTTP(S)_PROXY/NO_PROXY in both spellings for ``sesame.dev/mode: explicit``."""
+    url = f"http://127.0.0.1:{PROXY_PORT}"
+    no_proxy = ",".join(settings.no_proxy)
+    env: dict[str, str] = {}
+    for name, value in (("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("NO_PROXY", no_proxy)):
+        env[name] = value
+        env[name.lower()] = value
+    return env
+
+
+TRUST_MOUNT = {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True}

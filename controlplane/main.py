@@ -1,0 +1,139 @@
+"""`sesame-controlplane`: `init --db PATH` (schema + first owner key) and `serve --db --listen`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api_keys import ApiKeys
+from controlplane.app import check_kek, create_app
+from controlplane.audit import AuditWriter
+from controlplane.clock import SystemClock
+from controlplane.config import Config
+from controlplane.envelope import Envelope
+from controlplane.errors import SesameError, StartupError
+from controlplane.permissions import Role
+from controlplane.store.sqlite import SqliteStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("controlplane")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sesame-controlplane", description="Sesame control plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create the schema and print the first owner API key once")
+    init.add_argument("--db", help="SQLite file (env SESAME_DB)")
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--db", help="SQLite file (env SESAME_DB)")
+    serve.add_argument("--listen", help="HOST:PORT (env SESAME_LISTEN, default 127.0.0.1:8080)")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (env SESAME_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key (env SESAME_TLS_KEY)")
+    serve.add_argument("--kek-file", help="file holding the key-encryption key (env SESAME_KEK_FILE)")
+    serve.add_argument("--rate-limit", type=int, help="admin requests/minute/key (env SESAME_RATE_LIMIT)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SESAME_LOG_LEVEL)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        config = Config.build(vars(args), env)
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "init":
+            return _run(_init(config))
+        return _run(_serve(config))
+    except SesameError as exc:
+        print(f"sesame-controlplane: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _init(config: Config) -> int:
+    clock = SystemClock()
+    store = await SqliteStore.open(config.db_path)
+    try:
+        await check_kek(store, Envelope.from_keys(config.kek, config.kek_previous))
+        keys = ApiKeys(store.api_keys, clock)
+        if await store.api_keys.count_role(Role.OWNER.label) > 0:
+            print(
+                f"sesame-controlplane: {config.db_path} is already initialised (an owner key exists)",
+                file=sys.stderr,
+            )
+            return 1
+        record, plaintext = await keys.create(name="owner", role=Role.OWNER)
+        audit = AuditWriter(store.audit, clock)
+        await audit.start()
+        await audit.record(
+            type="api_key.created",
+            actor="cli:init",
+            outcome="success",
+            extra={"id": record.id, "name": record.name, "role": record.role, "prefix": record.prefix},
+        )
+        await audit.close()
+    finally:
+        await store.close()
+    print(f"Initialised {config.db_path}. Owner API key (shown once, store it now):", file=sys.stderr)
+    print(plaintext, flush=True)
+    return 0
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load TLS certificate/key: {exc}") from exc
+    return ctx
+
+
+async def _serve(config: Config) -> int:
+    ssl_ctx = _ssl_context(config)
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ssl_ctx)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}") from exc
+        port = runner.addresses[0][1]
+        host = config.listen_host if ":" not in config.listen_host else f"[{config.listen_host}]"
+        print(f"sesame-controlplane listening on {config.scheme}://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Prometheus metrics of one control plane app (its own registry, so apps in tests don't clash).
+
+Token exchange calls `metrics.token_issued(target)` / `metrics.token_denied(reason)`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sesame_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sesame_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.tokens_issued = Counter(
+            "sesame_tokens_issued",
+            "Credentials issued by token exchange, by target",
+            ["target"],
+            registry=self.registry,
+        )
+        self.tokens_denied = Counter(
+            "sesame_tokens_denied",
+            "Token exchange denials by reason code",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.audit_events = Counter(
+            "sesame_audit_events",
+            "Audit events written, by type",
+            ["type"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def token_issued(self, target: str) -> None:
+        self.tokens_issued.labels(target).inc()
+
+    def token_denied(self, reason: str) -> None:
+        self.tokens_denied.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,104 @@
+"""The OpenAPI 3.1 document, generated from the registered `Route` table."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from controlplane.routes import Route
+
+__all__ = ["build_openapi"]
+
+_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "stable error code"},
+        "message": {"type": "string"},
+        "field": {"type": "string", "description": "offending field (invalid_request only)"},
+    },
+}
+
+
+def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        path = _PARAM.sub(r"{\1}", route.path)
+        op: dict[str, Any] = {
+            "operationId": f"{route.method.lower()}_{route.operation_id}_{len(paths)}",
+            "summary": route.summary,
+            "tags": list(route.tags) or [_tag(path)],
+            "responses": _responses(route),
+        }
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAM.findall(route.path)
+        ]
+        if route.query is not None:
+            for name, spec in route.query.fields.items():
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": spec.required and "default" not in spec.json_schema(),
+                        "schema": spec.json_schema(),
+                    }
+                )
+        if params:
+            op["parameters"] = params
+        if route.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": route.request.json_schema()}},
+            }
+        if route.permission is not None:
+            op["security"] = [{"apiKey": []}]
+            op["x-permission"] = route.permission.name
+            op["x-min-role"] = route.permission.role.label
+        else:
+            op["security"] = []
+        op.update(route.openapi)
+        paths.setdefault(path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sesame control plane",
+            "version": version,
+            "description": "Admin API (Bearer API key `ses_…`) and the proxy/workload endpoints.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "Admin API key (ses_…)"}
+            },
+            "schemas": {"Error": _ERROR_SCHEMA},
+        },
+    }
+
+
+def _tag(path: str) -> str:
+    parts = [p for p in path.split("/") if p and p != "v1" and not p.startswith("{")]
+    return parts[0] if parts else "root"
+
+
+def _responses(route: Route) -> dict[str, Any]:
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    success: dict[str, Any] = {"description": route.summary}
+    if route.status != 204:
+        success["content"] = {route.content_type: {"schema": {}}}
+    out: dict[str, Any] = {str(route.status): success}
+    if route.request is not None or route.query is not None:
+        out["400"] = error
+    if route.permission is not None:
+        out["401"] = error
+        out["403"] = error
+        out["429"] = error
+    if "{" in route.path:
+        out["404"] = error
+    out["default"] = error
+    return out

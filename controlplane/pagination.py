@@ -1,0 +1,56 @@
+"""Opaque cursors for `?limit=&cursor=` lists (seed 000): base64url of `{"s": <seq>}`.
+
+Rows are walked by their immutable insertion sequence, so a walk sees every row exactly once
+even while rows are added or deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.errors import InvalidRequest
+from controlplane.validation import Int, Str
+
+__all__ = ["DEFAULT_LIMIT", "LIST_QUERY", "MAX_LIMIT", "Page", "decode_cursor", "encode_cursor"]
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+# Query fields every list route accepts; merge into a route's own query Obj.
+LIST_QUERY = {
+    "limit": Int(min=1, max=MAX_LIMIT, default=DEFAULT_LIMIT, description="page size"),
+    "cursor": Str(required=False, max_len=200, description="opaque next_cursor of the previous page"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of rows plus the sequence number to continue after (None: last page)."""
+
+    rows: list[dict[str, Any]]
+    next_seq: int | None
+
+    def next_cursor(self) -> str | None:
+        return None if self.next_seq is None else encode_cursor(self.next_seq)
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": seq}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The sequence number inside a cursor; 400 invalid_request (field `cursor`) if malformed."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        seq = data["s"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError
+        return seq
+    except (ValueError, KeyError, TypeError, UnicodeError):
+        raise InvalidRequest("cursor is not valid", field="cursor") from None

@@ -1,0 +1,68 @@
+"""What every credential provider takes and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controlplane.attest.identity import Identity
+from controlplane.errors import SesameError
+
+__all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "DEFAULT_MAX_TTL_SECONDS",
+    "JWT_TOKEN_TYPE",
+    "CredentialProvider",
+    "IssuedCredential",
+    "MintRequest",
+    "UpstreamMintFailed",
+]
+
+DEFAULT_MAX_TTL_SECONDS = 300
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+class UpstreamMintFailed(SesameError):
+    """The provider could not produce a credential (upstream down, refused, or misconfigured)."""
+
+    code, status = "upstream_mint_failed", 502
+
+
+@dataclass(frozen=True, kw_only=True)
+class MintRequest:
+    """One credential to issue: for whom, for which audience, under which provider settings."""
+
+    identity: Identity
+    audience: str
+    max_ttl_seconds: int
+    provider_id: str
+    config: Mapping[str, Any]
+    secret: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    secret_version: str = ""
+    issuer_url: str | None = None  # the control plane's public URL (the `iss` of signed JWTs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuedCredential:
+    """The RFC 8693 response body, minus what the route adds."""
+
+    access_token: str = field(repr=False)
+    expires_in: int
+    token_type: str = "Bearer"
+    issued_token_type: str = ACCESS_TOKEN_TYPE
+
+    def response(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "issued_token_type": self.issued_token_type,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+        }
+
+
+class CredentialProvider(Protocol):
+    """Issues a credential for one exchange; raises `UpstreamMintFailed`."""
+
+    async def issue(self, request: MintRequest) -> IssuedCredential: ...

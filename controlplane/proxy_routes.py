@@ -1,0 +1,53 @@
+"""The governed routes of one workload: targets its policies allow, or allow through an approval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.policy import evaluate
+from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.token_exchange import approval_of, rule_of
+
+__all__ = ["MAX_APPROVALS_CONSIDERED", "governed_routes", "route_view"]
+
+MAX_APPROVALS_CONSIDERED = 1000
+
+
+def route_view(target: dict[str, Any]) -> dict[str, Any]:
+    """One route as the proxy reads it (BRIEF's proxy contract)."""
+    injection = target.get("injection") or {}
+    return {
+        "target_id": target["id"],
+        "name": target["name"],
+        "host": target["host"],
+        "port": target["port"],
+        "scheme": target.get("scheme", "https"),
+        "tls": target.get("tls", "intercept"),
+        "audience": target["audience"],
+        "injection": {
+            "type": injection.get("type", "bearer"),
+            "name": injection.get("name"),
+            "prefix": injection.get("prefix"),
+        },
+    }
+
+
+async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float) -> list[dict[str, Any]]:
+    """Routes for every target whose policy decision for this workload is allow (or approved)."""
+    rules = [rule_of(r) for r in await store.policies_for(workload_id=workload_id)]
+    if not rules:
+        return []
+    wildcard = any(r.target_id is None for r in rules)
+    ids = None if wildcard else sorted({r.target_id for r in rules if r.target_id})
+    approvals = []
+    if any(r.effect == "require_approval" for r in rules):
+        rows = await store.approvals_for(workload_id=workload_id, limit=MAX_APPROVALS_CONSIDERED)
+        approvals = [approval_of(r) for r in rows]
+    routes = []
+    for target in await store.targets(ids):
+        decision = evaluate(
+            rules, workload_id=workload_id, target_id=target["id"], approvals=approvals, now=now
+        )
+        if decision.allowed:
+            routes.append(route_view(target))
+    return routes

@@ -1,0 +1,49 @@
+"""`Route`: how every HTTP route is declared, so one table drives registration, auth and OpenAPI.
+
+    ROUTES = [
+        Route("GET", "/v1/workloads", list_workloads, WORKLOADS_READ, "List workloads", query=LIST_Q),
+        Route("POST", "/v1/workloads", create_workload, WORKLOADS_WRITE, "Register a workload",
+              request=WORKLOAD_IN, status=201),
+        Route("POST", "/v1/token-exchange", exchange, None, "Exchange an SA token"),  # public
+    ]
+
+`permission=None` means public or custom auth (probes, JWKS, token exchange, admission webhook).
+When `request`/`query` are set, the body/query string is validated before the handler runs and
+is available as `request[BODY]` / `request[QUERY]` (see `controlplane.appkeys`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.permissions import Permission
+from controlplane.validation import Obj
+
+__all__ = ["Handler", "Route"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    permission: Permission | None
+    summary: str
+    request: Obj | None = None
+    query: Obj | None = None
+    status: int = 200
+    tags: tuple[str, ...] = ()
+    # Extra OpenAPI for routes whose body is not a validated JSON object (e.g. admission review).
+    openapi: dict[str, Any] = field(default_factory=dict)
+    # Response content type documented in OpenAPI.
+    content_type: str = "application/json"
+
+    @property
+    def operation_id(self) -> str:
+        return getattr(self.handler, "__name__", "handler")

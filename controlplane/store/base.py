@@ -1,0 +1,110 @@
+"""The storage interface the control plane codes against (SQLite today; PostgreSQL later).
+
+A store groups repositories by domain: `store.registry`, `store.api_keys`, `store.audit`.
+Add a repository for new tables the same way (a Protocol here, an implementation per backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from controlplane.pagination import Page
+
+__all__ = ["ApiKey", "ApiKeyStore", "AuditStore", "RegistryStore", "Store"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    """A stored admin key: never the key itself, only its SHA-256."""
+
+    id: str
+    name: str
+    role: str
+    prefix: str
+    key_hash: str
+    created_at: str
+    last_used_at: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The listing shape of seed 004 (camelCase timestamps) plus role."""
+        d = asdict(self)
+        return {
+            "id": d["id"],
+            "name": d["name"],
+            "role": d["role"],
+            "prefix": d["prefix"],
+            "createdAt": d["created_at"],
+            "lastUsedAt": d["last_used_at"],
+        }
+
+
+class RegistryStore(Protocol):
+    """Workloads, clusters, targets, credential providers, policies: `kind` is the table name."""
+
+    async def create(
+        self,
+        kind: str,
+        fields: dict[str, Any],
+        *,
+        now: str,
+        secret: bytes | None = None,
+        id: str | None = None,
+    ) -> dict[str, Any]: ...
+    async def get(self, kind: str, id: str) -> dict[str, Any] | None: ...
+    async def get_secret(self, kind: str, id: str) -> bytes | None: ...
+    async def list(
+        self, kind: str, *, limit: int, after_seq: int | None = None, filters: dict[str, Any] | None = None
+    ) -> Page: ...
+    async def find(self, kind: str, **filters: Any) -> list[dict[str, Any]]: ...
+    async def update(
+        self, kind: str, id: str, changes: dict[str, Any], *, now: str, secret: bytes | None = None
+    ) -> dict[str, Any] | None: ...
+    async def delete(self, kind: str, id: str) -> bool: ...
+
+
+class ApiKeyStore(Protocol):
+    async def create(self, key: ApiKey) -> None: ...
+    async def by_prefix(self, prefix: str) -> list[ApiKey]: ...
+    async def get(self, id: str) -> ApiKey | None: ...
+    async def list(self, *, limit: int, after_seq: int | None = None) -> Page: ...
+    async def delete(self, id: str) -> bool: ...
+    async def touch(self, id: str, ts: str) -> None: ...
+    async def count_role(self, role: str) -> int: ...
+
+
+class AuditStore(Protocol):
+    async def append(self, rows: list[dict[str, Any]], *, head: str) -> None: ...
+    async def head(self) -> str: ...
+    async def anchor(self) -> str: ...
+    async def list(
+        self,
+        *,
+        filters: dict[str, Any],
+        since: str | None,
+        until: str | None,
+        limit: int,
+        before_seq: int | None = None,
+    ) -> Page: ...
+    def export(
+        self, *, filters: dict[str, Any], since: str | None, until: str | None, limit: int
+    ) -> AsyncIterator[dict[str, Any]]: ...
+    def chain(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def prune(self, *, before: str) -> int: ...
+
+
+class Store(Protocol):
+    registry: RegistryStore
+    api_keys: ApiKeyStore
+    audit: AuditStore
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+        ...
+
+    async def sealed_blobs(self) -> list[bytes]:
+        """One sample sealed blob per table that holds any (for the start-up KEK check)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,267 @@
+"""Token-exchange data in SQLite: lookups on the registry tables, signing keys, approvals,
+proxy heartbeats and traffic observations (tables from `exchange_schema`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controlplane.errors import Conflict
+from controlplane.ids import new_id
+from controlplane.pagination import Page
+from controlplane.signing_keys import StoredSigningKey
+from controlplane.store.sqlite.db import Database
+
+__all__ = ["SqliteExchange"]
+
+_APPROVAL_COLS = (
+    "id, workload_id, target_id, policy_id, status, window_seconds, requested_by, "
+    "decided_by, created_at, decided_at"
+)
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        **json.loads(row["data"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+class SqliteExchange:
+    """Queries the token-exchange pipeline and the proxy-facing routes need."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # registry lookups --------------------------------------------------------------------------
+    async def cluster_by_issuer(self, issuer: str) -> dict[str, Any] | None:
+        row = await self._db.fetchone(
+            "SELECT id, data, created_at, updated_at FROM clusters WHERE issuer = ?", (issuer,)
+        )
+        return None if row is None else _record(row)
+
+    async def workload_for(
+        self, *, cluster: str, namespace: str, service_account: str
+    ) -> dict[str, Any] | None:
+        """The workload registered for this identity: one naming the cluster wins over one that names none."""
+        row = await self._db.fetchone(
+            "SELECT id, data, created_at, updated_at FROM workloads "
+            "WHERE namespace = ? AND service_account = ? AND (cluster = ? OR cluster IS NULL) "
+            "ORDER BY cluster IS NULL LIMIT 1",
+            (namespace, service_account, cluster),
+        )
+        return None if row is None else _record(row)
+
+    async def target_by_audience(self, audience: str) -> dict[str, Any] | None:
+        row = await self._db.fetchone(
+            "SELECT id, data, created_at, updated_at FROM targets WHERE audience = ?", (audience,)
+        )
+        return None if row is None else _record(row)
+
+    async def policies_for(self, *, workload_id: str, target_id: str | None = None) -> list[dict[str, Any]]:
+        """Policies that can match the workload (and the target, or any target when None)."""
+        sql = (
+            "SELECT id, data, created_at, updated_at FROM policies "
+            "WHERE (workload_id = ? OR workload_id IS NULL)"
+        )
+        params: list[Any] = [workload_id]
+        if target_id is not None:
+            sql += " AND (target_id = ? OR target_id IS NULL)"
+            params.append(target_id)
+        return [_record(r) for r in await self._db.fetchall(sql + " ORDER BY seq", params)]
+
+    async def targets(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Targets by id (every target when `ids` is None), oldest first."""
+        if ids is not None and not ids:
+            return []
+        sql = "SELECT id, data, created_at, updated_at FROM targets"
+        params: list[Any] = []
+        if ids is not None:
+            sql += f" WHERE id IN ({', '.join('?' for _ in ids)})"
+            params = list(ids)
+        return [_record(r) for r in await self._db.fetchall(sql + " ORDER BY seq", params)]
+
+    async def provider(self, provider_id: str) -> tuple[dict[str, Any], bytes | None] | None:
+        """A credential provider's record and its sealed secret blob."""
+        row = await self._db.fetchone(
+            "SELECT id, data, secret, created_at, updated_at FROM credential_providers WHERE id = ?",
+            (provider_id,),
+        )
+        return None if row is None else (_record(row), row["secret"])
+
+    # signing keys (SigningKeyStore) ------------------------------------------------------------
+    async def list_signing_keys(self) -> list[StoredSigningKey]:
+        rows = await self._db.fetchall(
+            "SELECT kid, created_at, retired_at, private_key FROM signing_keys ORDER BY created_at"
+        )
+        return [
+            StoredSigningKey(
+                kid=r["kid"],
+                created_at=r["created_at"],
+                retired_at=r["retired_at"],
+                sealed_private_key=r["private_key"],
+            )
+            for r in rows
+        ]
+
+    async def add_signing_key(self, key: StoredSigningKey, *, retire_others_at: float | None) -> None:
+        async with self._db.write() as conn:
+            if retire_others_at is not None:
+                await conn.execute(
+                    "UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL", (retire_others_at,)
+                )
+            await conn.execute(
+                "INSERT INTO signing_keys (kid, created_at, retired_at, private_key) VALUES (?, ?, ?, ?)",
+                (key.kid, key.created_at, key.retired_at, key.sealed_private_key),
+            )
+
+    # approvals ---------------------------------------------------------------------------------
+    async def approvals_for(
+        self, *, workload_id: str, target_id: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Newest approvals for the workload (and target), newest first."""
+        sql = f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workload_id = ?"
+        params: list[Any] = [workload_id]
+        if target_id is not None:
+            sql += " AND target_id = ?"
+            params.append(target_id)
+        return await self._db.fetchall(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+
+    async def request_approval(
+        self,
+        *,
+        workload_id: str,
+        target_id: str,
+        policy_id: str,
+        window_seconds: int,
+        requested_by: str | None,
+        now: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """The pending approval for (workload, target), created if none; returns (row, created)."""
+        approval_id = new_id("apr")
+        async with self._db.write() as conn:
+            cur = await conn.execute(
+                "INSERT INTO approvals (id, workload_id, target_id, policy_id, status, window_seconds, "
+                "requested_by, created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING",
+                (approval_id, workload_id, target_id, policy_id, window_seconds, requested_by, now),
+            )
+            created = cur.rowcount > 0
+        row = await self._db.fetchone(
+            f"SELECT {_APPROVAL_COLS} FROM approvals WHERE workload_id = ? AND target_id = ? "
+            "AND status = 'pending'",
+            (workload_id, target_id),
+        )
+        assert row is not None
+        return row, created
+
+    async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        return await self._db.fetchone(f"SELECT {_APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,))
+
+    async def decide_approval(
+        self, approval_id: str, *, status: str, decided_by: str, now: str, window_seconds: int | None
+    ) -> dict[str, Any] | None:
+        """Approve or deny a pending approval; None when it is missing, Conflict when already decided."""
+        async with self._db.write() as conn:
+            cur = await conn.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, "
+                "window_seconds = coalesce(?, window_seconds) WHERE id = ? AND status = 'pending'",
+                (status, decided_by, now, window_seconds, approval_id),
+            )
+            changed = cur.rowcount > 0
+        row = await self.get_approval(approval_id)
+        if row is not None and not changed:
+            raise Conflict(f"approval {approval_id} is already {row['status']}")
+        return row
+
+    async def list_approvals(self, *, limit: int, after_seq: int | None, status: str | None) -> Page:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        return await self._page("approvals", f"seq, {_APPROVAL_COLS}", where, params, limit)
+
+    # fleet and discovery -----------------------------------------------------------------------
+    async def heartbeat(
+        self, *, workload_id: str, pod: str, pod_uid: str | None, version: str, now: str
+    ) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                "INSERT INTO proxies (workload_id, pod, pod_uid, version, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workload_id, pod) DO UPDATE SET "
+                "pod_uid = excluded.pod_uid, version = excluded.version, last_seen = excluded.last_seen",
+                (workload_id, pod, pod_uid, version, now, now),
+            )
+
+    async def list_proxies(self, *, limit: int, after_seq: int | None, workload_id: str | None) -> Page:
+        where, params = [], []
+        if workload_id is not None:
+            where.append("workload_id = ?")
+            params.append(workload_id)
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        return await self._page(
+            "proxies", "seq, workload_id, pod, pod_uid, version, first_seen, last_seen", where, params, limit
+        )
+
+    async def observe(self, *, workload_id: str, observations: list[dict[str, Any]], now: str) -> None:
+        rows = [
+            (workload_id, o["host"], o["port"], int(o["governed"]), o["count"], now, now)
+            for o in observations
+        ]
+        async with self._db.write() as conn:
+            await conn.executemany(
+                "INSERT INTO observations (workload_id, host, port, governed, count, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workload_id, host, port) DO UPDATE SET "
+                "count = count + excluded.count, governed = excluded.governed, "
+                "last_seen = excluded.last_seen",
+                rows,
+            )
+
+    async def list_observations(
+        self,
+        *,
+        limit: int,
+        after_seq: int | None,
+        host: str | None,
+        workload_id: str | None,
+        governed: bool | None,
+    ) -> Page:
+        where, params = [], []
+        for col, value in (("host", host), ("workload_id", workload_id)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        if governed is not None:
+            where.append("governed = ?")
+            params.append(int(governed))
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
+        page = await self._page(
+            "observations",
+            "seq, workload_id, host, port, governed, count, first_seen, last_seen",
+            where,
+            params,
+            limit,
+        )
+        for row in page.rows:
+            row["governed"] = bool(row["governed"])
+        return page
+
+    async def _page(self, table: str, cols: str, where: list[str], params: list[Any], limit: int) -> Page:
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._db.fetchall(
+            f"SELECT {cols} FROM {table} {clause} ORDER BY seq LIMIT ?", [*params, limit + 1]
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_seq = rows[-1]["seq"] if more else None
+        for row in rows:
+            row.pop("seq")
+        return Page(rows=rows, next_seq=next_seq)

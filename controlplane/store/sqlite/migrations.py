@@ -1,0 +1,163 @@
+"""Versioned schema migrations, applied in order on start.
+
+To add tables, APPEND a `Migration(<next version>, "<name>", SQL_TEXT)` to `MIGRATIONS`; never
+edit an applied one. If your table holds envelope-sealed blobs, also append it to `SEALED_COLUMNS`
+so start-up refuses to run without the KEK that can open them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.errors import StartupError
+from controlplane.store.sqlite.exchange_schema import EXCHANGE_SCHEMA
+
+__all__ = ["MIGRATIONS", "SEALED_COLUMNS", "Migration", "pending", "script_for"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+_REGISTRY_AND_AUDIT = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE api_keys (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT
+);
+CREATE INDEX api_keys_prefix ON api_keys(prefix);
+
+CREATE TABLE workloads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    cluster TEXT,
+    namespace TEXT NOT NULL,
+    service_account TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX workloads_identity ON workloads(coalesce(cluster, ''), namespace, service_account);
+
+CREATE TABLE clusters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    issuer TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE targets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    audience TEXT NOT NULL UNIQUE,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX targets_host ON targets(host, port);
+
+CREATE TABLE credential_providers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    secret BLOB,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE policies (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    workload_id TEXT,
+    target_id TEXT,
+    provider_id TEXT NOT NULL,
+    effect TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX policies_scope
+    ON policies(coalesce(workload_id, ''), coalesce(target_id, ''), provider_id);
+CREATE INDEX policies_workload ON policies(workload_id);
+CREATE INDEX policies_target ON policies(target_id);
+
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    type TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    workload_id TEXT,
+    target_service TEXT,
+    audience TEXT,
+    ttl_seconds INTEGER,
+    reason TEXT,
+    correlation_id TEXT,
+    extra TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_workload ON audit_events(workload_id, seq);
+CREATE INDEX audit_target ON audit_events(target_service, seq);
+CREATE INDEX audit_type ON audit_events(type, seq);
+CREATE INDEX audit_actor ON audit_events(actor, seq);
+CREATE INDEX audit_correlation ON audit_events(correlation_id);
+CREATE INDEX audit_ts ON audit_events(ts);
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
+    Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
+    # CP-exchange and others: append Migration(2, ...), Migration(3, ...) here.
+]
+
+# (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.
+SEALED_COLUMNS: list[tuple[str, str]] = [
+    ("credential_providers", "secret"),
+    ("signing_keys", "private_key"),
+]
+
+
+def pending(applied: int) -> list[Migration]:
+    """Migrations newer than `applied`, in order; refuses a database from a newer release."""
+    versions = [m.version for m in MIGRATIONS]
+    if versions != sorted(set(versions)) or versions[0] != 1:
+        raise StartupError(f"migration versions must be unique and ascending from 1: {versions}")
+    if applied > versions[-1]:
+        raise StartupError(
+            f"database schema version {applied} is newer than this release ({versions[-1]}); upgrade sesame"
+        )
+    return [m for m in MIGRATIONS if m.version > applied]
+
+
+def script_for(migration: Migration) -> str:
+    """The migration wrapped in one transaction that also records its version."""
+    name = migration.name.replace("'", "''")
+    return (
+        "BEGIN IMMEDIATE;\n"
+        f"{migration.sql}\n"
+        f"INSERT INTO schema_migrations(version, name, applied_at) "
+        f"VALUES ({migration.version}, '{name}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));\n"
+        "COMMIT;"
+    )

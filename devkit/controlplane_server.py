@@ -1,0 +1,141 @@
+"""Start a real control plane for tests and the demo: in-process or as a subprocess, on port 0.
+
+async with running_control_plane(tmp_path / "cp.db") as cp:   # in-process (aiohttp runner)
+    cp.url, cp.owner_key, cp.app
+
+with control_plane_process(tmp_path / "cp.db") as cp:           # `sesame-controlplane serve`
+    cp.url, cp.owner_key, cp.process
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api_keys import generate_key
+from controlplane.app import create_app
+from controlplane.appkeys import API_KEYS
+from controlplane.clock import Clock
+from controlplane.config import Config
+from controlplane.permissions import Role
+
+__all__ = ["ControlPlane", "ControlPlaneProcess", "control_plane_process", "new_kek", "running_control_plane"]
+
+STARTUP_TIMEOUT_SECONDS = 20.0
+
+
+def new_kek() -> bytes:
+    return os.urandom(32)
+
+
+@dataclass
+class ControlPlane:
+    url: str
+    owner_key: str
+    app: web.Application
+    config: Config
+
+
+@asynccontextmanager
+async def running_control_plane(
+    db_path: Path, *, clock: Clock | None = None, kek: bytes | None = None, **config: Any
+) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane on 127.0.0.1:<ephemeral> with a fresh owner key.
+
+    `kek=None` generates one; `kek=b""` runs without a KEK.
+    """
+    cfg = Config(db_path=db_path, listen_port=0, kek=new_kek() if kek is None else (kek or None), **config)
+    app = create_app(cfg, clock=clock)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=None)
+        await site.start()
+        port = runner.addresses[0][1]
+        _, owner = await app[API_KEYS].create(name="test-owner", role=Role.OWNER)
+        yield ControlPlane(
+            url=f"http://127.0.0.1:{port}", owner_key=owner, app=app, config=replace(cfg, listen_port=port)
+        )
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class ControlPlaneProcess:
+    url: str
+    owner_key: str
+    process: subprocess.Popen[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def control_plane_process(
+    db_path: Path,
+    *,
+    kek: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    owner_key: str | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[ControlPlaneProcess]:
+    """`sesame-controlplane serve` in a subprocess; the owner key is set via SESAME_BOOTSTRAP_API_KEY."""
+    owner = owner_key or generate_key()
+    kek = kek if kek is not None else new_kek()
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        "SESAME_DB": str(db_path),
+        "SESAME_LISTEN": "127.0.0.1:0",
+        "SESAME_KEK": base64.b64encode(kek).decode(),
+        "SESAME_BOOTSTRAP_API_KEY": owner,
+    }
+    log_path = db_path.with_name(db_path.name + ".log")
+    with log_path.open("a") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.main", "serve", *args],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+    try:
+        url = _wait_for_url(proc, log_path)
+        yield ControlPlaneProcess(url=url, owner_key=owner, process=proc, log_path=log_path, env=child_env)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def _wait_for_url(proc: subprocess.Popen[str], log_path: Path) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if "listening on " in line:
+                return line.rsplit("listening on ", 1)[1].strip()
+        if proc.poll() is not None:
+            err = log_path.read_text(errors="replace")
+            raise RuntimeError(f"control plane exited with {proc.returncode}: {err.strip()[-2000:]}")
+    proc.kill()
+    raise RuntimeError("control plane did not start in time")

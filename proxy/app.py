@@ -1,0 +1,127 @@
+"""The running proxy: wires settings into routes, credentials, TLS, listener, admin and reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from proxy.admin import AdminServer
+from proxy.config import ProxySettings
+from proxy.controlplane_client import ControlPlaneClient
+from proxy.credentials import CredentialCache
+from proxy.http1 import Forwarder
+from proxy.identity import TokenFile
+from proxy.listener import Listener
+from proxy.metrics import Metrics
+from proxy.pool import UpstreamPool
+from proxy.reporter import Observations, Reporter
+from proxy.routes import RouteSync
+from proxy.tls import LeafCertificates, UpstreamTLS, load_pod_ca
+
+__all__ = ["Proxy", "run"]
+
+log = logging.getLogger("sesame.proxy")
+
+
+class Proxy:
+    """One proxy process's components; `start` binds the ports, `close` drains and releases them."""
+
+    def __init__(self, settings: ProxySettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.token = TokenFile(settings.token_file)
+        self.client = ControlPlaneClient(settings.control_plane, self.token)
+        self.routes = RouteSync(self.client)
+        self.credentials = CredentialCache(
+            self.client.exchange,
+            self.metrics,
+            clock=clock,
+            refresh_fraction=settings.refresh_fraction,
+            jitter=settings.refresh_jitter,
+        )
+        self.observations = Observations()
+        self.reporter = Reporter(
+            self.client,
+            self.observations,
+            pod=settings.pod_name,
+            version=settings.version,
+            heartbeat_interval=settings.heartbeat_interval,
+            observations_interval=settings.observations_interval,
+        )
+        self.pool = UpstreamPool(
+            connect_timeout=settings.connect_timeout, idle_timeout=settings.upstream_idle_timeout
+        )
+        self.quit = asyncio.Event()
+        self.listener: Listener | None = None
+        self.admin: AdminServer | None = None
+
+    async def start(self) -> None:
+        store = await asyncio.to_thread(load_pod_ca, self.settings.ca_dir)  # RSA key generation when missing
+        upstream_tls = await asyncio.to_thread(UpstreamTLS, self.settings.upstream_ca_file)
+        forwarder = Forwarder(
+            routes=lambda: self.routes.table,
+            credentials=self.credentials,
+            pool=self.pool,
+            upstream_tls=upstream_tls,
+            metrics=self.metrics,
+            observations=self.observations,
+            response_timeout=self.settings.response_timeout,
+            client_idle_timeout=self.settings.client_idle_timeout,
+        )
+        self.listener = Listener(
+            mode=self.settings.mode,
+            listen=self.settings.listen,
+            forwarder=forwarder,
+            routes=lambda: self.routes.table,
+            leaves=LeafCertificates(store, self.settings.ca_dir),
+            pool=self.pool,
+            metrics=self.metrics,
+            observations=self.observations,
+        )
+        self.admin = AdminServer(
+            address=self.settings.admin,
+            metrics=self.metrics,
+            token=self.token,
+            routes_loaded=self.routes.loaded.is_set,
+            quit_event=self.quit,
+        )
+        await self.admin.start()
+        self.routes.start()
+        self.reporter.start()
+        await self.listener.start()
+        log.info(
+            "proxy started",
+            extra={
+                "mode": self.settings.mode,
+                "listen": "{}:{}".format(*self.listener.address),
+                "admin": "{}:{}".format(*self.admin.address),
+            },
+        )
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close(self.settings.shutdown_grace)
+        await self.routes.close()
+        await self.credentials.close()
+        await self.reporter.close()
+        self.pool.close()
+        if self.admin is not None:
+            await self.admin.close()
+        await self.client.close()
+
+
+async def run(settings: ProxySettings) -> None:
+    """Run until SIGTERM/SIGINT or POST /quitquitquit, then shut down gracefully."""
+    proxy = Proxy(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.quit.set)
+    await proxy.start()
+    try:
+        await proxy.quit.wait()
+        log.info("shutting down")
+    finally:
+        await proxy.close()

@@ -1,0 +1,88 @@
+"""The proxy's exception tree: every failure a client can see has a stable code and an HTTP status."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalPending",
+    "BadRequest",
+    "ConfigError",
+    "CredentialUnavailable",
+    "Denied",
+    "ProxyError",
+    "UpstreamProtocolError",
+    "UpstreamTLSError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+]
+
+
+class ProxyError(Exception):
+    """Base of every proxy error; `code` and `status` shape the JSON answer to the app."""
+
+    code, status = "proxy_error", 500
+
+    def __init__(self, message: str = "", **extra: object) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.extra = extra
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class ConfigError(ProxyError):
+    """A flag or SESAME_* variable is invalid."""
+
+    code, status = "invalid_config", 500
+
+
+class BadRequest(ProxyError):
+    """The app sent a request the proxy cannot parse or route."""
+
+    code, status = "bad_request", 400
+
+
+class CredentialUnavailable(ProxyError):
+    """No valid credential and none obtainable: the request is not forwarded (fail closed)."""
+
+    code, status = "credential_unavailable", 503
+
+
+class Denied(ProxyError):
+    """The control plane refused a credential (policy_denied, workload_revoked, unknown_*)."""
+
+    status = 403
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+
+
+class ApprovalPending(ProxyError):
+    """The policy requires a human approval that has not been given yet."""
+
+    code, status = "approval_pending", 403
+
+
+class UpstreamUnreachable(ProxyError):
+    """The upstream refused or dropped the connection."""
+
+    code, status = "upstream_unreachable", 502
+
+
+class UpstreamTLSError(ProxyError):
+    """The upstream's TLS certificate failed verification; nothing was sent."""
+
+    code, status = "upstream_tls_error", 502
+
+
+class UpstreamProtocolError(ProxyError):
+    """The upstream answered with something that is not valid HTTP/1.1."""
+
+    code, status = "bad_upstream_response", 502
+
+
+class UpstreamTimeout(ProxyError):
+    """Connecting to the upstream or waiting for its response head took too long."""
+
+    code, status = "upstream_timeout", 504

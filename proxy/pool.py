@@ -1,0 +1,115 @@
+"""Keep-alive connections to upstreams, pooled per (address, port, TLS server name)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from proxy.errors import UpstreamTimeout, UpstreamTLSError, UpstreamUnreachable
+
+__all__ = ["DEFAULT_MAX_IDLE_PER_UPSTREAM", "Destination", "Upstream", "UpstreamPool"]
+
+DEFAULT_MAX_IDLE_PER_UPSTREAM = 64
+_STREAM_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a request goes: the address to dial, and the TLS name to verify when `ssl` is set."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = field(default=None, compare=False)
+    server_hostname: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, str | None]:
+        return (self.host, self.port, self.server_hostname if self.ssl else None)
+
+
+class Upstream:
+    """One open upstream connection."""
+
+    __slots__ = ("idle_since", "key", "reader", "writer")
+
+    def __init__(self, key: tuple, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.key, self.reader, self.writer = key, reader, writer
+        self.idle_since = 0.0
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class UpstreamPool:
+    """`acquire` returns (connection, reused); `release` keeps a clean connection for reuse."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle_per_upstream: int = DEFAULT_MAX_IDLE_PER_UPSTREAM,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle_per_upstream
+        self._idle: dict[tuple, deque[Upstream]] = {}
+
+    async def acquire(self, dest: Destination) -> tuple[Upstream, bool]:
+        key = dest.key
+        idle = self._idle.get(key)
+        if idle:
+            deadline = time.monotonic() - self.idle_timeout
+            while idle:
+                conn = idle.pop()
+                if conn.idle_since > deadline and conn.usable():
+                    return conn, True
+                conn.close()
+        return await self.connect(dest), False
+
+    async def connect(self, dest: Destination) -> Upstream:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    dest.host,
+                    dest.port,
+                    ssl=dest.ssl,
+                    server_hostname=dest.server_hostname if dest.ssl else None,
+                    limit=_STREAM_LIMIT,
+                )
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamTLSError(
+                f"{dest.server_hostname or dest.host}:{dest.port} presented a certificate that failed "
+                f"verification ({exc.verify_message})"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise UpstreamTLSError(
+                f"TLS handshake with {dest.host}:{dest.port} failed ({exc.reason})"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"connecting to {dest.host}:{dest.port} timed out") from exc
+        except OSError as exc:
+            raise UpstreamUnreachable(
+                f"cannot connect to {dest.host}:{dest.port} ({exc.strerror or exc})"
+            ) from exc
+        return Upstream(dest.key, reader, writer)
+
+    def release(self, conn: Upstream) -> None:
+        idle = self._idle.setdefault(conn.key, deque())
+        if len(idle) >= self.max_idle or not conn.usable():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()

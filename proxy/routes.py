@@ -1,0 +1,146 @@
+"""Governed routes of this workload: which host:port gets which credential; polled from the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from proxy.controlplane_client import ControlPlaneClient
+from proxy.errors import ProxyError
+
+__all__ = ["DEFAULT_REFRESH_SECONDS", "Injection", "Route", "RouteSync", "RouteTable"]
+
+DEFAULT_REFRESH_SECONDS = 30
+_MIN_REFRESH, _MAX_REFRESH = 1, 3600
+log = logging.getLogger("sesame.proxy.routes")
+
+# How a route is reached: "http" for plaintext requests (absolute-form or Host header),
+# "tls" for CONNECT / transparent TLS (SNI) that the proxy intercepts.
+Kind = Literal["http", "tls"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Injection:
+    type: Literal["bearer", "basic", "header", "query"]
+    name: str | None = None
+    prefix: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Route:
+    target_id: str
+    name: str
+    host: str
+    port: int
+    scheme: Literal["http", "https"]
+    tls: Literal["intercept", "originate", "none"]
+    audience: str
+    injection: Injection
+    ca_pem: str | None = None
+
+    @property
+    def upstream_tls(self) -> bool:
+        return self.scheme == "https"
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Route:
+        inj = raw.get("injection") or {}
+        injection = Injection(type=inj["type"], name=inj.get("name"), prefix=inj.get("prefix"))
+        if injection.type in ("header", "query") and not injection.name:
+            raise ValueError(f"injection {injection.type} needs a name")
+        if injection.type not in ("bearer", "basic", "header", "query"):
+            raise ValueError(f"unknown injection type {injection.type!r}")
+        scheme = raw.get("scheme", "https")
+        tls = raw.get("tls") or ("intercept" if scheme == "https" else "none")
+        return cls(
+            target_id=str(raw.get("target_id", "")),
+            name=str(raw.get("name") or raw["host"]),
+            host=str(raw["host"]).lower().rstrip("."),
+            port=int(raw.get("port") or (443 if scheme == "https" else 80)),
+            scheme=scheme,
+            tls=tls,
+            audience=str(raw["audience"]),
+            injection=injection,
+            ca_pem=raw.get("ca_pem"),
+        )
+
+    def keys(self) -> list[tuple[Kind, str, int]]:
+        """Where the app reaches this route: an intercepted TLS port, a plaintext port, or both."""
+        if self.scheme == "http":
+            return [("http", self.host, self.port)]
+        if self.tls == "originate":  # the app speaks http://host, the proxy speaks https://host:port
+            return [("http", self.host, 80), ("http", self.host, self.port), ("tls", self.host, self.port)]
+        return [("tls", self.host, self.port)]
+
+
+class RouteTable:
+    """An immutable index (kind, host, port) → Route; swapped whole on refresh."""
+
+    __slots__ = ("_index", "routes")
+
+    def __init__(self, routes: list[Route] | None = None) -> None:
+        self.routes = tuple(routes or ())
+        self._index = {key: r for r in self.routes for key in r.keys()}
+
+    def lookup(self, kind: Kind, host: str, port: int) -> Route | None:
+        return self._index.get((kind, host, port))
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+
+class RouteSync:
+    """Keeps `table` current: polls GET /v1/proxy/routes with If-None-Match every refresh_seconds.
+
+    On a failed poll the last good table stays in force (governed hosts never become ungoverned
+    because the control plane is down).
+    """
+
+    def __init__(self, client: ControlPlaneClient) -> None:
+        self.client = client
+        self.table = RouteTable()
+        self.loaded = asyncio.Event()
+        self.refresh_seconds = DEFAULT_REFRESH_SECONDS
+        self._etag: str | None = None
+        self._task: asyncio.Task | None = None
+
+    async def refresh(self) -> bool:
+        """One poll; True when the table changed."""
+        result = await self.client.get_routes(self._etag)
+        if result is None:  # 304 Not Modified
+            self.loaded.set()
+            return False
+        raw_routes, etag, refresh = result
+        routes = []
+        for raw in raw_routes:
+            try:
+                routes.append(Route.from_json(raw))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("skipping malformed route", extra={"route": raw.get("name"), "reason": str(exc)})
+        self.table = RouteTable(routes)
+        self._etag = etag
+        self.refresh_seconds = min(max(int(refresh or DEFAULT_REFRESH_SECONDS), _MIN_REFRESH), _MAX_REFRESH)
+        self.loaded.set()
+        log.info("routes loaded", extra={"routes": len(routes), "etag": etag})
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sesame-route-sync")
+
+    async def _run(self) -> None:
+        delay = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.refresh()
+                delay = self.refresh_seconds
+            except ProxyError as exc:
+                delay = 1.0 if not self.loaded.is_set() else min(self.refresh_seconds, 5.0)
+                log.warning("route refresh failed", extra={"error": exc.code, "reason": exc.message})
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

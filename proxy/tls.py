@@ -1,0 +1,158 @@
+"""TLS: the pod CA and its leaf certificates (mitmproxy's CertStore), and upstream verification."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from mitmproxy import certs
+
+from proxy import pkcs12_truststore
+
+__all__ = [
+    "BUNDLE_NAME",
+    "CA_BASENAME",
+    "DEFAULT_LEAF_LIFETIME",
+    "TRUSTSTORE_NAME",
+    "TRUSTSTORE_PASSWORD",
+    "LeafCertificates",
+    "UpstreamTLS",
+    "init_pod_ca",
+    "load_pod_ca",
+    "system_roots_file",
+]
+
+CA_BASENAME = "sesame"
+CA_KEY_SIZE = 2048
+DEFAULT_LEAF_LIFETIME = datetime.timedelta(days=2)
+_SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, BSD
+)
+ALPN = ["http/1.1"]
+BUNDLE_NAME = "ca-bundle.pem"
+TRUSTSTORE_NAME = "truststore.p12"
+TRUSTSTORE_PASSWORD = "changeit"  # the trust store holds public certificates only; Java wants a password
+
+# mitmproxy signs leaves valid for a year (module constant); pod-CA leaves are short-lived and
+# renewed by LeafCertificates below, so lower it once here.
+certs.CERT_EXPIRY = DEFAULT_LEAF_LIFETIME
+
+
+def system_roots_file() -> str:
+    """The system trust bundle, falling back to certifi's copy of the Mozilla roots."""
+    for path in _SYSTEM_BUNDLES:
+        if os.path.isfile(path):
+            return path
+    import certifi
+
+    return certifi.where()
+
+
+def load_pod_ca(ca_dir: Path) -> certs.CertStore:
+    """Load the pod CA from `ca_dir`, creating it (private files, umask 077) when missing."""
+    ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return certs.CertStore.from_store(ca_dir, CA_BASENAME, CA_KEY_SIZE)
+
+
+def init_pod_ca(
+    ca_dir: Path, trust_dir: Path, *, truststore_password: str = TRUSTSTORE_PASSWORD
+) -> dict[str, Path]:
+    """`sesame-proxy init-ca`: create (or reuse) the pod CA in the private `ca_dir`, and write the apps'
+    trust material to `trust_dir`: ca-bundle.pem (system roots + pod CA) and truststore.p12 (Java)."""
+    store = load_pod_ca(ca_dir)
+    ca_pem = store.default_ca.to_pem()
+    trust_dir.mkdir(parents=True, exist_ok=True)
+    roots = Path(system_roots_file()).read_bytes()
+    bundle, truststore = trust_dir / BUNDLE_NAME, trust_dir / TRUSTSTORE_NAME
+    _write_public(bundle, roots.rstrip(b"\n") + b"\n" + ca_pem)
+    entry = [("sesame-pod-ca", x509.load_pem_x509_certificate(ca_pem))]
+    _write_public(truststore, pkcs12_truststore.serialize(entry, truststore_password))
+    return {"ca": ca_dir / f"{CA_BASENAME}-ca-cert.pem", "bundle": bundle, "truststore": truststore}
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+class LeafCertificates:
+    """Server-side SSLContexts for governed hosts, one per host, signed by the pod CA and cached.
+
+    A context is rebuilt when its leaf passes half of its lifetime; signing runs off the event loop.
+    """
+
+    def __init__(
+        self, store: certs.CertStore, ca_dir: Path, *, lifetime: datetime.timedelta = DEFAULT_LEAF_LIFETIME
+    ):
+        self._store = store
+        self._ca_file = ca_dir / f"{CA_BASENAME}-ca.pem"  # the CA key signs and also keys the leaves
+        self._dir = ca_dir
+        self._renew_after = lifetime.total_seconds() / 2
+        self._contexts: dict[str, tuple[ssl.SSLContext, float]] = {}
+        self._pending: dict[str, asyncio.Future[ssl.SSLContext]] = {}
+
+    async def context_for(self, host: str) -> ssl.SSLContext:
+        entry = self._contexts.get(host)
+        if entry is not None and time.monotonic() < entry[1]:
+            return entry[0]
+        pending = self._pending.get(host)
+        if pending is None:
+            pending = self._pending[host] = asyncio.ensure_future(asyncio.to_thread(self._build, host))
+            pending.add_done_callback(lambda _f: self._pending.pop(host, None))
+        return await asyncio.shield(pending)
+
+    def _build(self, host: str) -> ssl.SSLContext:
+        try:
+            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            san = x509.DNSName(host)
+        sans = x509.GeneralNames([san])
+        self._store.certs.pop((host, sans), None)  # renewals must not get the cached old leaf back
+        entry = self._store.get_cert(host, [san])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(ALPN)
+        fd, leaf_path = tempfile.mkstemp(dir=self._dir, prefix=".leaf-", suffix=".pem")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(entry.cert.to_pem())
+            ctx.load_cert_chain(leaf_path, self._ca_file)
+        finally:
+            os.unlink(leaf_path)
+        self._contexts[host] = (ctx, time.monotonic() + self._renew_after)
+        return ctx
+
+
+class UpstreamTLS:
+    """Client-side SSLContexts: system roots (+ an optional extra CA file), or a route's own CA."""
+
+    def __init__(self, extra_ca_file: Path | None = None) -> None:
+        self.default = self._new_context(cafile=system_roots_file())
+        if extra_ca_file is not None:
+            self.default.load_verify_locations(cafile=str(extra_ca_file))
+        self._by_ca: dict[str, ssl.SSLContext] = {}
+
+    @staticmethod
+    def _new_context(**kwargs: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(**kwargs)
+        ctx.set_alpn_protocols(ALPN)
+        return ctx
+
+    def context(self, ca_pem: str | None = None) -> ssl.SSLContext:
+        if not ca_pem:
+            return self.default
+        ctx = self._by_ca.get(ca_pem)
+        if ctx is None:
+            ctx = self._by_ca[ca_pem] = self._new_context(cadata=ca_pem)
+        return ctx

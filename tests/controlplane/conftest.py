@@ -1,0 +1,52 @@
+"""Shared fixtures: a real control plane (aiohttp on 127.0.0.1:0, real SQLite file in tmp_path)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from controlplane.clock import FakeClock
+from devkit.controlplane_server import ControlPlane, running_control_plane
+
+# High enough that ordinary tests never meet the limit; test_rate_limit uses the default.
+TEST_RATE_LIMIT = 100_000
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def control_plane(tmp_path, clock) -> AsyncIterator[ControlPlane]:
+    async with running_control_plane(
+        tmp_path / "cp.db", clock=clock, rate_limit_per_minute=TEST_RATE_LIMIT
+    ) as cp:
+        yield cp
+
+
+def client_for(cp: ControlPlane, key: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=cp.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def admin(control_plane) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client authenticated with the owner key."""
+    async with client_for(control_plane, control_plane.owner_key) as client:
+        yield client
+
+
+async def new_key(admin: httpx.AsyncClient, role: str, name: str = "k") -> str:
+    resp = await admin.post("/v1/api-keys", json={"name": name, "role": role})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["key"]
+
+
+def workload_body(name: str = "inventory-service", namespace: str = "production", sa: str = "inventory-svc"):
+    return {
+        "name": name,
+        "attestation": {"type": "kubernetes-service-account", "namespace": namespace, "service_account": sa},
+    }
