@@ -70,7 +70,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[STORE] = store
     app[ENVELOPE] = Envelope.from_keys(config.kek, config.kek_previous)
     app[METRICS] = Metrics()
-    app[AUDIT] = AuditWriter(store.audit, clock, batch_max=config.audit_batch_max)
+    app[AUDIT] = AuditWriter(store.audit, clock, batch_max=config.audit_batch_max, metrics=app[METRICS])
     app[API_KEYS] = ApiKeys(store.api_keys, clock)
     app[RATE_LIMITER] = RateLimiter(limit=config.rate_limit_per_minute, clock=clock)
     app[READY_CHECKS] = {"database": store.ping, "audit_writer": _audit_check(app)}

@@ -16,6 +16,7 @@ from typing import Any
 from controlplane.clock import Clock, format_ts
 from controlplane.errors import SesameError
 from controlplane.ids import new_id
+from controlplane.metrics import Metrics
 from controlplane.store.base import AuditStore
 from controlplane.store.sqlite.audit import AUDIT_FIELDS
 
@@ -41,8 +42,16 @@ def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
 class AuditWriter:
     """Owns the single background task that appends audit rows in batches."""
 
-    def __init__(self, store: AuditStore, clock: Clock, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+    def __init__(
+        self,
+        store: AuditStore,
+        clock: Clock,
+        *,
+        batch_max: int = DEFAULT_BATCH_MAX,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._clock = clock
         self._batch_max = batch_max
         self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]] | None] = asyncio.Queue(
@@ -143,6 +152,9 @@ class AuditWriter:
                 log.error("cannot re-read audit head", exc_info=True)
             return
         self._head = prev
+        if self._metrics is not None:
+            for row in rows:
+                self._metrics.audit_events.labels(row["type"]).inc()
         for _, done in batch:
             if not done.done():
                 done.set_result(None)

@@ -120,7 +120,7 @@ def _api_error(exc: urllib.error.HTTPError) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sesamectl", description="Sesame admin CLI")
-    _common_args(parser, argparse.ArgumentParser(add_help=False).get_default("x"))
+    _common_args(parser, None)
     # Sub-commands accept the same options anywhere; SUPPRESS keeps them from resetting the top level.
     common = argparse.ArgumentParser(add_help=False)
     _common_args(common, argparse.SUPPRESS)

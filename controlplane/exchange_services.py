@@ -91,7 +91,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[SIGNING_KEYS] = keys
     app[EXCHANGE] = TokenExchange(
         store=store,
-        attestor=Attestor(clusters=_Clusters(store), jwks=jwks, tokenreview=tokenreview),
+        attestor=Attestor(clusters=_Clusters(store), jwks=jwks, tokenreview=tokenreview, clock=clock),
         providers={
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.errors import ProxyError
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_CHAIN",
@@ -46,7 +48,7 @@ _MAX_JUMP_DELETES = 16  # bound the loop that removes duplicate OUTPUT jumps
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-class NetfilterError(Exception):
+class NetfilterError(ProxyError):
     """Rules could not be rendered, applied or removed."""
 
     code, status = "netfilter_failed", 500

@@ -8,9 +8,10 @@ import logging
 from proxy.controlplane_client import ControlPlaneClient
 from proxy.errors import ProxyError
 
-__all__ = ["MAX_OBSERVED_KEYS", "Observations", "Reporter"]
+__all__ = ["MAX_BATCH", "MAX_OBSERVED_KEYS", "Observations", "Reporter"]
 
 MAX_OBSERVED_KEYS = 10_000
+MAX_BATCH = 500  # the control plane accepts up to 500 observations per request
 log = logging.getLogger("sesame.proxy.reporter")
 
 
@@ -69,13 +70,12 @@ class Reporter:
 
     async def flush(self) -> None:
         batch = self.observations.take()
-        if not batch:
-            return
-        try:
-            await self._client.observations(batch)
-        except ProxyError:
-            self.observations.give_back(batch)
-            raise
+        for start in range(0, len(batch), MAX_BATCH):
+            try:
+                await self._client.observations(batch[start : start + MAX_BATCH])
+            except ProxyError:
+                self.observations.give_back(batch[start:])
+                raise
 
     async def _every(self, interval: float, job) -> None:
         while True:

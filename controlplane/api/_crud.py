@@ -49,6 +49,8 @@ class Resource:
     prepare: Prepare = _no_prepare
     filters: dict[str, Spec] = field(default_factory=dict)  # query param == store column
     audit_fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: {}
+    # Audit type of a PATCH from its body (default `<singular>.updated`).
+    update_type: Callable[[dict[str, Any]], str] | None = None
 
 
 async def fetch(request: web.Request, kind: str, singular: str) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def crud_routes(res: Resource) -> list[Route]:
             raise NotFound(f"no {title} {current['id']}")
         await audit_event(
             request,
-            type=f"{res.singular}.updated",
+            type=res.update_type(request[BODY]) if res.update_type else f"{res.singular}.updated",
             extra={"id": record["id"], "fields": sorted(request[BODY])},
             **res.audit_fields(record),
         )

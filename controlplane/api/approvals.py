@@ -85,7 +85,7 @@ ROUTES = [
         _decide("approved"),
         APPROVALS_DECIDE,
         "Approve: exchanges for (workload, target) succeed for the window",
-        request=DECIDE_IN,
+        openapi=_DECIDE_DOC,
     ),
     Route(
         "POST",
@@ -93,6 +93,6 @@ ROUTES = [
         _decide("denied"),
         APPROVALS_DECIDE,
         "Deny: exchanges for (workload, target) are refused for the window",
-        request=DECIDE_IN,
+        openapi=_DECIDE_DOC,
     ),
 ]

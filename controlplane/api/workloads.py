@@ -79,5 +79,8 @@ ROUTES = crud_routes(
             "status": Str(required=False, choices=STATUSES),
         },
         audit_fields=lambda r: {"workload_id": r["id"]},
+        update_type=lambda body: {"revoked": "workload.revoked", "active": "workload.restored"}.get(
+            body.get("status", ""), "workload.updated"
+        ),
     )
 )

@@ -9,16 +9,28 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_plus
 
+import httpx
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from controlplane.app import create_app
+from controlplane.appkeys import API_KEYS
+from controlplane.clock import FakeClock
+from controlplane.config import Config
+from controlplane.exchange_services import EXCHANGE_SETTINGS, ExchangeSettings
+from controlplane.permissions import Role
+from devkit.issuer import ClusterIssuer
+
 CLIENT_ID, CLIENT_SECRET = "sesame-client", "s3cr3t:with/odd+chars"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+STATIC_SECRET = "sk_live_do_not_leak_4242"
 
 
 def self_signed_server(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
@@ -95,3 +107,117 @@ async def serve_token_endpoint() -> AsyncIterator[TokenEndpoint]:
         yield endpoint
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class Env:
+    url: str
+    admin: httpx.AsyncClient
+    http: httpx.AsyncClient
+    issuer: ClusterIssuer
+    clock: FakeClock
+    workload_id: str
+    target_id: str
+    provider_id: str
+    cluster_id: str
+
+    def token(self, **kwargs) -> str:
+        kwargs.setdefault("namespace", "shop")
+        kwargs.setdefault("service_account", "checkout")
+        return self.issuer.mint(**kwargs)
+
+    async def exchange(self, token: str | None = None, audience: str = "https://api.example", **extra):
+        body = {"subject_token": token or self.token(), "subject_token_type": JWT_TYPE, "audience": audience}
+        return await self.http.post("/v1/token-exchange", json={**body, **extra})
+
+    async def create(self, path: str, body: dict) -> dict:
+        resp = await self.admin.post(path, json=body)
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    async def audit(self, **filters) -> list[dict]:
+        resp = await self.admin.get("/v1/audit", params={"limit": 100, **filters})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["events"]
+
+
+@asynccontextmanager
+async def exchange_env(tmp_path: Path, settings: ExchangeSettings) -> AsyncIterator[Env]:
+    """A control plane (port 0, SQLite in tmp_path) trusting a cluster issuer, with one workload,
+    one target (audience https://api.example) and one static provider registered; no policy."""
+    clock = FakeClock()
+    async with ClusterIssuer(clock=clock.time) as issuer:
+        config = Config(
+            db_path=tmp_path / "cp.db", listen_port=0, kek=b"k" * 32, rate_limit_per_minute=100_000
+        )
+        app = create_app(config, clock=clock)
+        app[EXCHANGE_SETTINGS] = settings
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            _, owner = await app[API_KEYS].create(name="owner", role=Role.OWNER)
+            async with (
+                httpx.AsyncClient(
+                    base_url=url, headers={"Authorization": f"Bearer {owner}"}, timeout=30
+                ) as admin,
+                httpx.AsyncClient(base_url=url, timeout=30) as http,
+            ):
+                partial = Env(url, admin, http, issuer, clock, "", "", "", "")
+                cluster = await partial.create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
+                workload = await partial.create(
+                    "/v1/workloads",
+                    {
+                        "name": "checkout",
+                        "attestation": {
+                            "type": "kubernetes-service-account",
+                            "namespace": "shop",
+                            "service_account": "checkout",
+                            "cluster": "prod",
+                        },
+                    },
+                )
+                target = await partial.create(
+                    "/v1/targets",
+                    {
+                        "name": "example-api",
+                        "host": "api.example",
+                        "audience": "https://api.example",
+                    },
+                )
+                provider = await partial.create(
+                    "/v1/credential-providers",
+                    {
+                        "name": "example-key",
+                        "type": "static",
+                        "config": {"value": STATIC_SECRET},
+                    },
+                )
+                yield Env(
+                    url,
+                    admin,
+                    http,
+                    issuer,
+                    clock,
+                    workload["id"],
+                    target["id"],
+                    provider["id"],
+                    cluster["id"],
+                )
+        finally:
+            await runner.cleanup()
+
+
+async def allow(env: Env, *, effect: str = "allow", provider_id: str | None = None, ttl: int = 120) -> dict:
+    return await env.create(
+        "/v1/policies",
+        {
+            "workload_id": env.workload_id,
+            "target_id": env.target_id,
+            "provider_id": provider_id or env.provider_id,
+            "effect": effect,
+            "max_ttl_seconds": ttl,
+        },
+    )

@@ -83,3 +83,16 @@ async def test_last_used_at_is_recorded(admin, control_plane):
     with sqlite3.connect(control_plane.config.db_path) as db:
         (last_used,) = db.execute("SELECT last_used_at FROM api_keys WHERE name = 'used'").fetchone()
     assert last_used is not None
+
+
+async def test_bootstrap_key_becomes_owner_only_when_no_owner_exists(tmp_path):
+    from devkit.controlplane_server import running_control_plane
+
+    first, second = "ses_" + "b" * 40, "ses_" + "c" * 40
+    async with running_control_plane(tmp_path / "cp.db", bootstrap_api_key=first) as cp:
+        async with client_for(cp, first) as c:
+            keys = (await c.get("/v1/api-keys")).json()["data"]
+            assert [k["role"] for k in keys if k["name"] == "bootstrap"] == ["owner"]
+    async with running_control_plane(tmp_path / "cp.db", bootstrap_api_key=second) as cp:
+        async with client_for(cp, second) as c:
+            assert (await c.get("/v1/workloads")).status_code == 401

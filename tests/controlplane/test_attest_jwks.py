@@ -179,3 +179,11 @@ async def test_unreachable_jwks_is_a_named_failure(clock) -> None:
     finally:
         await verifier.close()
     assert info.value.reason == "jwks_unavailable"
+
+
+async def test_verified_token_cache_never_outlives_the_token(attestor, issuer, clock) -> None:
+    token = issuer.mint(namespace="a", service_account="b", ttl=10)
+    await attestor.attest(token)
+    await attestor.attest(token)  # served from the verified-token cache
+    clock.advance(41)  # past exp + 30 s skew
+    assert await reason_of(attestor, token) == "expired"

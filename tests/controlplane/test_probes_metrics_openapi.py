@@ -45,6 +45,7 @@ async def test_metrics_count_requests_by_route_and_status(admin, control_plane):
     assert "sesame_http_request_duration_seconds_bucket" in text
     assert 'sesame_tokens_issued_total{target="stripe"} 1.0' in text
     assert 'sesame_tokens_denied_total{reason="policy_denied"} 1.0' in text
+    assert 'sesame_audit_events_total{type="workload.created"} 1.0' in text
 
 
 async def test_openapi_is_valid_3_1_and_covers_every_registered_route(admin, control_plane):

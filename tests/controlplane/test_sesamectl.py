@@ -17,16 +17,24 @@ def server(tmp_path_factory):
         yield cp
 
 
-def ctl(server, *args: str, key: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def ctl(
+    server, *args: str, key: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {"SESAME_URL": server.url, "SESAME_API_KEY": key or server.owner_key, "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "-m", "controlplane.cli", *args],
-        env=env, input=stdin, capture_output=True, text=True, timeout=60,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_workload_create_list_get_delete(server):
-    made = ctl(server, "workloads", "create", "billing", "--namespace", "prod", "--service-account", "billing-sa")
+    made = ctl(
+        server, "workloads", "create", "billing", "--namespace", "prod", "--service-account", "billing-sa"
+    )
     assert made.returncode == 0, made.stderr
     wl_id = next(line.split()[1] for line in made.stdout.splitlines() if line.startswith("id"))
     table = ctl(server, "workloads", "list")
@@ -47,19 +55,43 @@ def test_every_resource_can_be_created_listed_and_deleted(server):
     assert target.returncode == 0, target.stderr
     cluster = ctl(server, "--json", "clusters", "create", "prod", "--set", "issuer=https://k8s.example")
     assert cluster.returncode == 0, cluster.stderr
-    provider = ctl(server, "--json", "credential-providers", "create", "stripe-key", "--data-file", "-",
-                   stdin=json.dumps({"type": "static", "config": {"value": "sk_test_secret"}}))
+    provider = ctl(
+        server,
+        "--json",
+        "credential-providers",
+        "create",
+        "stripe-key",
+        "--data-file",
+        "-",
+        stdin=json.dumps({"type": "static", "config": {"value": "sk_test_secret"}}),
+    )
     assert provider.returncode == 0, provider.stderr
     assert "sk_test_secret" not in provider.stdout
     pid = json.loads(provider.stdout)["id"]
-    policy = ctl(server, "--json", "policies", "create", "--set", f"provider_id={pid}", "--set", "effect=allow",
-                 "--set", "max_ttl_seconds=600")
+    policy = ctl(
+        server,
+        "--json",
+        "policies",
+        "create",
+        "--set",
+        f"provider_id={pid}",
+        "--set",
+        "effect=allow",
+        "--set",
+        "max_ttl_seconds=600",
+    )
     assert policy.returncode == 0, policy.stderr
     assert json.loads(policy.stdout)["max_ttl_seconds"] == 600
-    rotated = ctl(server, "credential-providers", "rotate", pid, "--data-file", "-", stdin='{"value": "sk_new"}')
+    rotated = ctl(
+        server, "credential-providers", "rotate", pid, "--data-file", "-", stdin='{"value": "sk_new"}'
+    )
     assert rotated.returncode == 0, rotated.stderr
-    for resource, made in (("policies", policy), ("targets", target), ("clusters", cluster),
-                           ("credential-providers", provider)):
+    for resource, made in (
+        ("policies", policy),
+        ("targets", target),
+        ("clusters", cluster),
+        ("credential-providers", provider),
+    ):
         rid = json.loads(made.stdout)["id"]
         assert rid in ctl(server, resource, "list").stdout
         assert ctl(server, resource, "delete", rid).returncode == 0
@@ -98,9 +130,16 @@ def test_errors_are_one_line_with_non_zero_exit(server):
     unreachable = subprocess.run(
         [sys.executable, "-m", "controlplane.cli", "workloads", "list"],
         env={"SESAME_URL": "http://127.0.0.1:9", "SESAME_API_KEY": "ses_x", "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert unreachable.returncode == 1 and len(unreachable.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([sys.executable, "-m", "controlplane.cli", "workloads", "list"], env={},
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", "workloads", "list"],
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "SESAME_URL" in missing.stderr

@@ -122,6 +122,10 @@ async def test_patch_revokes_and_delete_removes(admin):
     patched = await admin.patch(f"/v1/workloads/{wl['id']}", json={"status": "revoked"})
     assert patched.status_code == 200 and patched.json()["status"] == "revoked"
     assert (await admin.patch(f"/v1/workloads/{wl['id']}", json={"status": "gone"})).status_code == 400
+    types = [
+        e["type"] for e in (await admin.get("/v1/audit", params={"workload_id": wl["id"]})).json()["events"]
+    ]
+    assert types == ["workload.revoked", "workload.created"]
     assert (await admin.delete(f"/v1/workloads/{wl['id']}")).status_code == 204
     assert (await admin.get(f"/v1/workloads/{wl['id']}")).status_code == 404
 

@@ -27,12 +27,13 @@ class ControlPlaneDouble:
     route_requests: list[dict[str, str]] = field(default_factory=list)
     heartbeats: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
+    host: str = "127.0.0.1"
     port: int = 0
     _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def exchanges_for(self, audience: str) -> int:
         return sum(1 for e in self.exchanges if e["audience"] == audience)
@@ -45,7 +46,7 @@ class ControlPlaneDouble:
         app.router.add_post("/v1/proxy/observations", self._observations)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -15,6 +15,15 @@ class ProxyProcess:
     proc: asyncio.subprocess.Process
     listen: tuple[str, int]
     admin: tuple[str, int]
+    logs: list[dict] = field(default_factory=list)
+
+    async def wait_for_log(self, msg: str, attempts: int = 400) -> dict:
+        for _ in range(attempts):
+            for record in self.logs:
+                if record.get("msg") == msg:
+                    return record
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {msg!r} log line; got {self.logs}")
 
     @property
     def url(self) -> str:
@@ -47,17 +56,24 @@ def _addr(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def start_proxy_process(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
-    """Start the proxy on ports 0 and read the bound addresses from its "proxy started" log line."""
+async def start_proxy_process(
+    *args: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    listen: str = "127.0.0.1:0",
+    admin: str = "127.0.0.1:0",
+) -> ProxyProcess:
+    """Start the proxy (after `prefix`, e.g. `ip netns exec`) and read its bound addresses from the log."""
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         sys.executable,
         "-m",
         "proxy.main",
         "run",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--admin",
-        "127.0.0.1:0",
+        admin,
         *args,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
@@ -71,13 +87,17 @@ async def start_proxy_process(*args: str, env: dict[str, str] | None = None) -> 
         lines.append(line.decode())
         record = json.loads(line)
         if record.get("msg") == "proxy started":
-            asyncio.get_running_loop().create_task(_drain(proc.stderr))
-            return ProxyProcess(proc, _addr(record["listen"]), _addr(record["admin"]))
+            started = ProxyProcess(proc, _addr(record["listen"]), _addr(record["admin"]), [record])
+            asyncio.get_running_loop().create_task(_drain(proc.stderr, started.logs))
+            return started
     proc.kill()
     await proc.wait()
     raise AssertionError("proxy did not start:\n" + "".join(lines))
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+async def _drain(stream: asyncio.StreamReader, logs: list[dict]) -> None:
+    while line := await stream.readline():
+        try:
+            logs.append(json.loads(line))
+        except ValueError:
+            logs.append({"raw": line.decode(errors="replace")})

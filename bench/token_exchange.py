@@ -1,0 +1,210 @@
+"""Benchmark: token exchange throughput and latency next to a bare aiohttp handler (reported, not asserted).
+
+The control plane (static provider, JWKS already cached, SQLite, audit committed per answer) and
+a bare aiohttp app returning constant JSON each run in a child process pinned to one core; the
+load generator (c32, keep-alive) runs here. Bounded by --requests and --max-seconds.
+Target: >= 2,000 exchanges/s and p99 <= 10 ms.
+
+    .venv/bin/python -m bench.token_exchange [--requests 5000] [--concurrency 32] [--max-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from devkit.issuer import ClusterIssuer
+
+AUDIENCE = "https://bench.example"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def _pin_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[0]})
+
+
+async def _serve_forever(app: web.Application, ports: Any, extra: dict[str, Any]) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+    ports.put({"port": runner.addresses[0][1], **extra})
+    await asyncio.Event().wait()
+
+
+def _run_controlplane(db: str, ports: Any) -> None:
+    _pin_one_core()
+    from controlplane.app import create_app
+    from controlplane.appkeys import API_KEYS
+    from controlplane.config import Config
+    from controlplane.exchange_services import EXCHANGE_SETTINGS, ExchangeSettings
+    from controlplane.permissions import Role
+
+    async def main() -> None:
+        app = create_app(
+            Config(db_path=Path(db), listen_port=0, kek=os.urandom(32), rate_limit_per_minute=10**6)
+        )
+        app[EXCHANGE_SETTINGS] = ExchangeSettings(rate_limit_per_minute=10**7)
+
+        async def owner_key(app: web.Application):
+            _, key = await app[API_KEYS].create(name="bench", role=Role.OWNER)
+            extra["owner"] = key
+            yield
+
+        extra: dict[str, Any] = {}
+        app.cleanup_ctx.append(owner_key)
+        await _serve_forever(app, ports, extra)
+
+    _run(main())
+
+
+def _run_bare(ports: Any) -> None:
+    _pin_one_core()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "x" * 32, "token_type": "Bearer", "expires_in": 300})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/token-exchange", handler)
+        await _serve_forever(app, ports, {})
+
+    _run(main())
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coro)
+
+
+def _start(target: Any, *args: Any) -> tuple[multiprocessing.Process, dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, ports), daemon=True)
+    proc.start()
+    return proc, ports.get(timeout=60)
+
+
+async def _seed(url: str, owner: str, issuer: ClusterIssuer) -> None:
+    async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {owner}"}) as http:
+
+        async def create(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(path, json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                return await resp.json()
+
+        await create("/v1/clusters", {"name": "bench", "issuer": issuer.issuer})
+        wl = await create(
+            "/v1/workloads",
+            {
+                "name": "bench",
+                "attestation": {
+                    "type": "kubernetes-service-account",
+                    "namespace": "bench",
+                    "service_account": "bench",
+                },
+            },
+        )
+        tg = await create("/v1/targets", {"name": "bench", "host": "bench.example", "audience": AUDIENCE})
+        cp = await create(
+            "/v1/credential-providers",
+            {"name": "bench", "type": "static", "config": {"value": "bench-secret"}},
+        )
+        await create(
+            "/v1/policies",
+            {"workload_id": wl["id"], "target_id": tg["id"], "provider_id": cp["id"], "effect": "allow"},
+        )
+
+
+async def _load(
+    url: str, body: dict[str, Any], *, requests: int, concurrency: int, max_seconds: float
+) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+    deadline = time.perf_counter() + max_seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(base_url=url, connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0 and time.perf_counter() < deadline:
+                remaining -= 1
+                start = time.perf_counter()
+                async with http.post("/v1/token-exchange", json=body) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - start)
+
+        for _ in range(min(200, requests)):  # warm-up: connections, caches, JWKS fetch
+            async with http.post("/v1/token-exchange", json=body) as resp:
+                await resp.read()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+async def _bench(args: argparse.Namespace, issuer: ClusterIssuer, db: str) -> None:
+    cp_proc, cp = _start(_run_controlplane, db)
+    bare_proc, bare = _start(_run_bare)
+    try:
+        cp_url, bare_url = f"http://127.0.0.1:{cp['port']}", f"http://127.0.0.1:{bare['port']}"
+        await _seed(cp_url, cp["owner"], issuer)
+        token = issuer.mint(namespace="bench", service_account="bench", ttl=3600)
+        body = {"subject_token": token, "subject_token_type": JWT_TYPE, "audience": AUDIENCE}
+        opts = {"requests": args.requests, "concurrency": args.concurrency, "max_seconds": args.max_seconds}
+        reference = await _load(bare_url, body, **opts)
+        exchange = await _load(cp_url, body, **opts)
+    finally:
+        for proc in (cp_proc, bare_proc):
+            proc.terminate()
+            proc.join(timeout=10)
+    print(f"token exchange bench: c{args.concurrency}, server pinned to one core, static provider, SQLite")
+    for name, r in (("bare aiohttp", reference), ("token exchange", exchange)):
+        print(
+            f"  {name:15s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
+            f"  ({r['requests']:.0f} requests, {r['errors']:.0f} errors)"
+        )
+    print(
+        f"  ratio exchange/bare: {exchange['rps'] / reference['rps']:.1%} of req/s; "
+        f"target >= 2000 req/s: {'met' if exchange['rps'] >= 2000 else 'NOT met'}, "
+        f"p99 <= 10 ms: {'met' if exchange['p99_ms'] <= 10 else 'NOT met'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-seconds", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, ClusterIssuer.in_thread() as issuer:
+        asyncio.run(_bench(args, issuer, str(Path(tmp) / "bench.db")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""`make demo`: the whole path on embedded defaults, in a temporary directory, in well under 30 s.
+
+Starts the control plane (SQLite), a local Kubernetes-style cluster issuer with a projected service
+account token, a local HTTPS API that requires an API key, and the proxy (explicit mode); registers
+cluster, workload, target, provider and policy through the API; runs curl through the proxy with no
+key (200), shows one denied call (403), prints the audit trail, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from devkit.certs import DevCA
+from devkit.controlplane_server import control_plane_process
+from devkit.issuer import ClusterIssuer
+
+API_KEY = "sk-demo-" + os.urandom(6).hex()
+NAMESPACE, SERVICE_ACCOUNT = "shop", "checkout"
+STEP_TIMEOUT = 20.0
+
+
+def say(text: str) -> None:
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"\n{bold}== {text}{plain}", flush=True)
+
+
+class Admin:
+    """The control plane's admin API over stdlib HTTP, with the owner key."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+
+    def __call__(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.key}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise SystemExit(f"{method} {path} failed: {exc.code} {exc.read().decode()}") from exc
+        result = json.loads(raw) if raw else None
+        print(f"   {method} {path} -> {result.get('id', 'ok') if isinstance(result, dict) else 'ok'}")
+        return result
+
+
+@contextlib.contextmanager
+def process(argv: list[str], ready: str, **kwargs: Any) -> Iterator[tuple[subprocess.Popen, dict]]:
+    """Start a child whose stdout/stderr prints a JSON line containing `ready`; stop it afterwards."""
+    proc = subprocess.Popen(argv, text=True, **kwargs)
+    stream = proc.stdout or proc.stderr
+    assert stream is not None
+    try:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < deadline:
+            line = stream.readline()
+            if not line:
+                raise SystemExit(f"{argv[2]} exited early ({proc.wait()})")
+            if ready in line:
+                threading.Thread(target=stream.read, daemon=True).start()  # keep the pipe drained
+                yield proc, json.loads(line)
+                break
+        else:
+            raise SystemExit(f"{argv[2]} did not start in time")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def curl(proxy: str, bundle: Path, url: str) -> str:
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--proxy",
+            proxy,
+            "--cacert",
+            str(bundle),
+            "-w",
+            "\n   HTTP %{http_code}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    return (out.stdout + out.stderr).strip()
+
+
+def wait_ready(admin_url: str) -> None:
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(admin_url + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit("the proxy did not become ready")
+
+
+def main() -> int:
+    started = time.monotonic()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="sesame-demo-") as tmp, ClusterIssuer.in_thread() as issuer:
+        root = Path(tmp)
+        say("1. A local HTTPS API that requires an API key")
+        server = DevCA("Sesame demo CA").issue(["localhost", "127.0.0.1"], root / "api")
+        ca_file = root / "demo-ca.pem"
+        ca_file.write_bytes(server.cert_file.read_bytes().split(b"-----END CERTIFICATE-----\n", 1)[1])
+        api_argv = [
+            py,
+            "-m",
+            "devkit.upstream",
+            "--api-key",
+            API_KEY,
+            "--cert",
+            str(server.cert_file),
+            "--key",
+            str(server.key_file),
+        ]
+        with (
+            process(api_argv, '"port"', stdout=subprocess.PIPE) as (_, api_info),
+            control_plane_process(root / "cp.db") as cp,
+        ):
+            api_port = api_info["port"]
+            print(f"   https://localhost:{api_port}  (key {API_KEY[:10]}…, held only by the control plane)")
+            say(f"2. Control plane on SQLite at {cp.url}; cluster issuer at {issuer.url}")
+            admin = Admin(cp.url, cp.owner_key)
+            say("3. Register cluster, workload, targets, credential providers and policies")
+            admin("POST", "/v1/clusters", {"name": "demo-cluster", "issuer": issuer.issuer})
+            workload = admin(
+                "POST",
+                "/v1/workloads",
+                {
+                    "name": "checkout",
+                    "attestation": {
+                        "type": "kubernetes-service-account",
+                        "namespace": NAMESPACE,
+                        "service_account": SERVICE_ACCOUNT,
+                        "cluster": "demo-cluster",
+                    },
+                },
+            )
+            grants = {}
+            # Two names for the same demo API: the app may use "localhost", not "127.0.0.1".
+            for name, host, secret in (
+                ("payments-api", "localhost", API_KEY),
+                ("ledger-api", "127.0.0.1", "sk-l"),
+            ):
+                target = admin("POST", "/v1/targets", {"name": name, "host": host, "port": api_port})
+                provider = admin(
+                    "POST",
+                    "/v1/credential-providers",
+                    {"name": f"{name}-key", "type": "static", "config": {"value": secret}},
+                )
+                grants[name] = admin(
+                    "POST",
+                    "/v1/policies",
+                    {
+                        "workload_id": workload["id"],
+                        "target_id": target["id"],
+                        "provider_id": provider["id"],
+                        "effect": "allow",
+                        "max_ttl_seconds": 600,
+                    },
+                )
+            say("4. The pod: projected SA token, pod CA + trust bundle, the proxy (explicit mode)")
+            token = issuer.write_token(root / "token", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT)
+            subprocess.run(
+                [
+                    py,
+                    "-m",
+                    "proxy.main",
+                    "init-ca",
+                    "--ca-dir",
+                    str(root / "ca"),
+                    "--trust-dir",
+                    str(root / "trust"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            bundle = root / "trust" / "ca-bundle.pem"
+            bundle.write_bytes(bundle.read_bytes() + ca_file.read_bytes())  # demo API's CA
+            proxy_argv = [
+                py,
+                "-m",
+                "proxy.main",
+                "run",
+                "--control-plane",
+                cp.url,
+                "--token-file",
+                str(token),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--ca-dir",
+                str(root / "ca"),
+                "--upstream-ca",
+                str(ca_file),
+                "--pod-name",
+                "checkout-demo-0",
+            ]
+            with process(proxy_argv, "proxy started", stderr=subprocess.PIPE) as (proxy, info):
+                proxy_url, admin_url = f"http://{info['listen']}", f"http://{info['admin']}"
+                wait_ready(admin_url)
+                print(f"   proxy {proxy_url}, admin {admin_url}")
+                say("5. curl through the proxy, with no API key")
+                print("   " + curl(proxy_url, bundle, f"https://localhost:{api_port}/v1/charges"))
+                say("6. The admin withdraws the ledger grant; the same app calls the ledger API")
+                admin("PATCH", f"/v1/policies/{grants['ledger-api']['id']}", {"effect": "deny"})
+                print("   " + curl(proxy_url, bundle, f"https://127.0.0.1:{api_port}/v1/entries"))
+                with contextlib.suppress(urllib.error.URLError):
+                    urllib.request.urlopen(
+                        urllib.request.Request(admin_url + "/quitquitquit", method="POST"), timeout=5
+                    ).read()
+                proxy.wait(timeout=15)
+            say("7. The audit trail")
+            for e in reversed(admin("GET", "/v1/audit?limit=50")["events"]):
+                print(
+                    f"   {e['timestamp']}  {e['type']:<28} {e['outcome']:<8} "
+                    f"{e.get('target_service') or '':<13} {e.get('reason') or ''}"
+                )
+    say(f"Done in {time.monotonic() - started:.1f} s; everything started has stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Proxy-facing routes, authenticated with the pod's service-account token: routes (ETag),
+heartbeats → /v1/proxies, observations → /v1/discovery. Real control plane and cluster issuer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from controlplane.exchange_services import ExchangeSettings
+from tests.controlplane.exchange_support import Env, allow, exchange_env
+
+
+@pytest.fixture
+async def env(tmp_path) -> AsyncIterator[Env]:
+    async with exchange_env(tmp_path, ExchangeSettings()) as env:
+        yield env
+
+
+def sa(env: Env, **kwargs) -> dict[str, str]:
+    return {"Authorization": f"Bearer {env.token(**kwargs)}"}
+
+
+async def test_routes_list_allowed_targets_with_their_injection(env: Env) -> None:
+    await allow(env)
+    hidden = await env.create("/v1/targets", {"name": "gated", "host": "gated.example"})
+    await env.create(
+        "/v1/policies",
+        {
+            "workload_id": env.workload_id,
+            "target_id": hidden["id"],
+            "provider_id": env.provider_id,
+            "effect": "require_approval",
+        },
+    )
+    resp = await env.http.get("/v1/proxy/routes", headers=sa(env))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["refresh_seconds"] > 0
+    assert body["routes"] == [
+        {
+            "target_id": env.target_id,
+            "name": "example-api",
+            "host": "api.example",
+            "port": 443,
+            "scheme": "https",
+            "tls": "intercept",
+            "audience": "https://api.example",
+            "injection": {"type": "bearer", "name": None, "prefix": None},
+        }
+    ]
+
+
+async def test_routes_answer_304_until_they_change(env: Env) -> None:
+    first = await env.http.get("/v1/proxy/routes", headers=sa(env))
+    assert first.json()["routes"] == []
+    etag = first.headers["ETag"]
+    same = await env.http.get("/v1/proxy/routes", headers={**sa(env), "If-None-Match": etag})
+    assert same.status_code == 304 and same.headers["ETag"] == etag
+    await allow(env)
+    changed = await env.http.get("/v1/proxy/routes", headers={**sa(env), "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert [r["target_id"] for r in changed.json()["routes"]] == [env.target_id]
+
+
+async def test_wildcard_policy_and_approval_grant_routes(env: Env) -> None:
+    other = await env.create(
+        "/v1/targets",
+        {
+            "name": "other",
+            "host": "other.example",
+            "port": 8443,
+            "injection": {"type": "header", "name": "X-Api-Key"},
+        },
+    )
+    await env.create(
+        "/v1/policies",
+        {"workload_id": env.workload_id, "provider_id": env.provider_id, "effect": "require_approval"},
+    )
+    assert (await env.http.get("/v1/proxy/routes", headers=sa(env))).json()["routes"] == []
+    pending = await env.exchange(audience=other["audience"])
+    assert pending.status_code == 202
+    await env.admin.post(f"/v1/approvals/{pending.json()['approval_id']}/approve")
+    routes = (await env.http.get("/v1/proxy/routes", headers=sa(env))).json()["routes"]
+    assert [(r["host"], r["port"], r["injection"]["name"]) for r in routes] == [
+        ("other.example", 8443, "X-Api-Key")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "invalid_subject_token"),
+        ({"Authorization": "Bearer not-a-token"}, 401, "invalid_subject_token"),
+        ("stranger", 404, "unknown_workload"),
+    ],
+)
+async def test_proxy_routes_refuse_unattested_callers_and_audit_it(env: Env, headers, status, code) -> None:
+    if headers == "stranger":
+        headers = sa(env, service_account="stranger")
+    resp = await env.http.get("/v1/proxy/routes", headers={**headers, "X-Request-Id": "proxy-denied"})
+    assert resp.status_code == status and resp.json()["error"] == code
+    [event] = await env.audit(correlation_id="proxy-denied")
+    assert (event["type"], event["reason"]) == ("proxy.denied", code)
+
+
+async def test_revoked_workload_gets_no_routes(env: Env) -> None:
+    await allow(env)
+    await env.admin.patch(f"/v1/workloads/{env.workload_id}", json={"status": "revoked"})
+    resp = await env.http.get("/v1/proxy/routes", headers=sa(env))
+    assert resp.status_code == 403 and resp.json()["error"] == "workload_revoked"
+
+
+async def test_heartbeats_build_the_fleet_view(env: Env) -> None:
+    for version in ("0.1.0", "0.2.0"):
+        resp = await env.http.post(
+            "/v1/proxy/heartbeat",
+            headers=sa(env, pod_uid="uid-1"),
+            json={"pod": "checkout-1", "version": version},
+        )
+        assert resp.status_code == 204, resp.text
+        env.clock.advance(10)
+    await env.http.post(
+        "/v1/proxy/heartbeat", headers=sa(env), json={"pod": "checkout-2", "version": "0.2.0"}
+    )
+    fleet = (await env.admin.get("/v1/proxies")).json()
+    assert [(p["pod"], p["version"]) for p in fleet["data"]] == [
+        ("checkout-1", "0.2.0"),
+        ("checkout-2", "0.2.0"),
+    ]
+    first = fleet["data"][0]
+    assert first["workload_id"] == env.workload_id and first["pod_uid"] == "uid-1"
+    assert first["last_seen"] > first["first_seen"]
+
+
+async def test_heartbeat_body_is_validated(env: Env) -> None:
+    resp = await env.http.post("/v1/proxy/heartbeat", headers=sa(env), json={"pod": "p"})
+    assert resp.status_code == 400 and resp.json()["field"] == "version"
+
+
+async def test_observations_feed_discovery(env: Env) -> None:
+    batch = [
+        {"host": "api.example", "port": 443, "count": 3, "governed": True},
+        {"host": "pypi.org", "port": 443, "count": 1, "governed": False},
+    ]
+    for _ in range(2):
+        resp = await env.http.post("/v1/proxy/observations", headers=sa(env), json=batch)
+        assert resp.status_code == 204, resp.text
+    seen = (await env.admin.get("/v1/discovery")).json()["data"]
+    assert {(o["host"], o["count"], o["governed"]) for o in seen} == {
+        ("api.example", 6, True),
+        ("pypi.org", 2, False),
+    }
+    assert all(o["workload_id"] == env.workload_id for o in seen)
+    ungoverned = (await env.admin.get("/v1/discovery", params={"governed": "false"})).json()["data"]
+    assert [o["host"] for o in ungoverned] == ["pypi.org"]
+
+
+async def test_observations_must_be_a_list_of_counts(env: Env) -> None:
+    resp = await env.http.post("/v1/proxy/observations", headers=sa(env), json=[{"host": "x", "port": 0}])
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"

@@ -1,0 +1,176 @@
+"""Transparent mode in a network namespace the test creates, with the init container's REDIRECT rules.
+
+Layout: a "pod" namespace joined by a veth pair to the test's namespace (10.233.K.1 here, .2 in the
+pod). The control-plane double and the upstream APIs listen on 10.233.K.1; inside the pod the proxy
+runs as UID 1337 (excluded from REDIRECT, like the sidecar) and curl runs as UID 1000 with no proxy
+settings, so its connections reach the proxy only through the netfilter rules of proxy/netfilter.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from devkit.upstream import ApiServer, server_context
+from proxy.netfilter import RedirectSettings, apply_rules
+from proxy.tls import init_pod_ca
+from tests.proxy.conftest import API_KEY, route
+from tests.proxy.cp_double import ControlPlaneDouble
+from tests.proxy.procs import start_proxy_process
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, netfilter)"),
+    pytest.mark.skipif(not shutil.which("setpriv") or not shutil.which("curl"), reason="needs setpriv, curl"),
+]
+
+PROXY_UID, APP_UID = 1337, 1000
+_counter = itertools.count()
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def pod_netns():
+    """(namespace name, host-side IP, pod-side IP); removed at teardown."""
+    k = (os.getpid() + next(_counter)) % 200 + 20
+    ns, host_if, pod_if = f"sesprx{k}", f"vsx{k}h", f"vsx{k}p"
+    host_ip, pod_ip = f"10.233.{k}.1", f"10.233.{k}.2"
+    _run("ip", "netns", "add", ns)
+    try:
+        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if, "netns", ns)
+        _run("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
+        _run("ip", "link", "set", host_if, "up")
+        inside = ("ip", "netns", "exec", ns)
+        _run(*inside, "ip", "link", "set", "lo", "up")
+        _run(*inside, "ip", "addr", "add", f"{pod_ip}/24", "dev", pod_if)
+        _run(*inside, "ip", "link", "set", pod_if, "up")
+        yield ns, host_ip, pod_ip
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.fixture
+def shared_dir(pki):
+    """Files both the proxy (UID 1337) and the app (UID 1000) may read."""
+    path = Path(tempfile.mkdtemp(prefix="sesame-transparent-"))
+    path.chmod(0o755)
+    paths = init_pod_ca(path / "ca", path / "trust")
+    shutil.copy(pki.dev_ca_file, path / "dev-ca.pem")
+    (path / "token").write_text("sa-token-1")
+    (path / "app-bundle.pem").write_bytes(paths["ca"].read_bytes() + pki.dev_ca.cert_pem)
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, PROXY_UID, PROXY_UID)
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    (path / "ca" / "sesame-ca.pem").chmod(0o600)  # the CA key: the proxy only
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def curl(ns: str, *args: str) -> tuple[str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        f"--reuid={APP_UID}",
+        f"--regid={APP_UID}",
+        "--clear-groups",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ["PATH"]},
+    )
+    out, err = await proc.communicate()
+    return out.decode(), err.decode()
+
+
+async def test_redirected_http_and_https_get_the_credential_and_others_pass_untouched(
+    pod_netns, shared_dir, pki
+):
+    ns, host_ip, _ = pod_netns
+    cert = pki.dev_ca.issue(["api.sesame.test", host_ip], shared_dir / "server")
+    https_api = await ApiServer(
+        API_KEY, host_ip, ssl_context=server_context(cert.cert_file, cert.key_file)
+    ).start()
+    http_api = await ApiServer(API_KEY, host_ip).start()
+    cp = ControlPlaneDouble(host=host_ip)
+    cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
+    cp.routes = [
+        route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
+        route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
+    ]
+    await cp.start()
+    backend = apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
+    proxy = await start_proxy_process(
+        "--mode",
+        "transparent",
+        "--control-plane",
+        cp.url,
+        "--token-file",
+        str(shared_dir / "token"),
+        "--ca-dir",
+        str(shared_dir / "ca"),
+        "--upstream-ca",
+        str(shared_dir / "dev-ca.pem"),
+        prefix=(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "setpriv",
+            f"--reuid={PROXY_UID}",
+            f"--regid={PROXY_UID}",
+            "--clear-groups",
+        ),
+        listen="127.0.0.1:15001",
+        admin="127.0.0.1:15020",
+    )
+    try:
+        await proxy.wait_for_log("routes loaded")
+        bundle = str(shared_dir / "app-bundle.pem")
+        name = f"api.sesame.test:{https_api.port}:{host_ip}"
+        code, err = await curl(
+            ns, "--resolve", name, "--cacert", bundle, f"https://api.sesame.test:{https_api.port}/v1/hello"
+        )
+        assert code == "200", (backend, err)
+        assert https_api.seen[-1].authorized
+
+        plain = f"api.sesame.test:{http_api.port}:{host_ip}"
+        code, err = await curl(ns, "--resolve", plain, f"http://api.sesame.test:{http_api.port}/v1/hello")
+        assert code == "200", err
+        assert http_api.seen[-1].headers["Authorization"] == f"Bearer {API_KEY}"
+
+        # Not governed (no route names the bare IP): tunneled, so only the real certificate verifies.
+        code, err = await curl(
+            ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://{host_ip}:{https_api.port}/v1/hello"
+        )
+        assert code == "401", err
+        assert "Authorization" not in https_api.seen[-1].headers
+        assert sorted(e["audience"] for e in cp.exchanges) == ["aud-plain", "aud-tls"]
+    finally:
+        await proxy.stop()
+        await cp.stop()
+        await https_api.close()
+        await http_api.close()

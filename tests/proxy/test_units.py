@@ -1,0 +1,177 @@
+"""Small pieces in isolation: SNI parsing, injection, routes (ETag, outage), settings, the pod CA files."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+
+import pytest
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from proxy.clienthello import parse_sni, record_complete
+from proxy.config import ProxySettings, parse_hostport
+from proxy.controlplane_client import ControlPlaneClient
+from proxy.errors import ConfigError
+from proxy.identity import TokenFile
+from proxy.inject import compile_injector
+from proxy.routes import Injection, Route, RouteSync
+from proxy.tls import TRUSTSTORE_PASSWORD, init_pod_ca
+from tests.proxy.conftest import route
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """The first flight of a real TLS client (ssl module, memory BIOs)."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    if server_name is None:
+        ctx.check_hostname = False
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_sni_is_read_from_a_real_client_hello():
+    hello = client_hello("API.Example.com")
+    assert record_complete(hello)
+    assert parse_sni(hello) == "api.example.com"
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x16\x03\x01\x00", b"GET / HTTP/1.1\r\n", b"\x16\x03\x01\x00\x05\x01\x00"]
+)
+def test_sni_parse_rejects_garbage(data):
+    assert parse_sni(data) is None
+
+
+def test_ip_address_hello_has_no_sni():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")  # IPs are not sent as SNI
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    assert parse_sni(outgoing.read()) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "headers", "target", "want_headers", "want_target"),
+    [
+        (
+            Injection(type="bearer"),
+            [("authorization", "Bearer placeholder")],
+            "/a",
+            [("Authorization", "Bearer T")],
+            "/a",
+        ),
+        (Injection(type="bearer", prefix="token "), [], "/a", [("Authorization", "token T")], "/a"),
+        (Injection(type="basic"), [], "/a", [("Authorization", "Basic VA==")], "/a"),
+        (
+            Injection(type="header", name="X-Api-Key", prefix="k:"),
+            [("X-API-KEY", "old"), ("A", "1")],
+            "/a",
+            [("A", "1"), ("X-Api-Key", "k:T")],
+            "/a",
+        ),
+        (Injection(type="query", name="key"), [], "/a?key=old&b=2&key", [], "/a?b=2&key=T"),
+        (Injection(type="query", name="key"), [], "/a", [], "/a?key=T"),
+    ],
+    ids=[
+        "bearer-overwrites",
+        "bearer-prefix",
+        "basic",
+        "header-overwrites-any-case",
+        "query-overwrites",
+        "query-adds",
+    ],
+)
+def test_injection_overwrites_existing_values(spec, headers, target, want_headers, want_target):
+    inject = compile_injector(spec)
+    assert inject(headers, target, "T") == want_target
+    assert headers == want_headers
+
+
+def test_originate_route_is_reached_over_plain_http():
+    r = Route.from_json(route("api", "API.example.com", 443, tls="originate"))
+    assert r.host == "api.example.com"
+    assert ("http", "api.example.com", 80) in r.keys()
+    assert Route.from_json(route("p", "h", 8080, scheme="http")).keys() == [("http", "h", 8080)]
+
+
+async def test_route_refresh_uses_etag_and_keeps_the_table_when_control_plane_is_down(cp, token_file):
+    cp.routes = [route("api", "localhost", 443)]
+    client = ControlPlaneClient(cp.url, TokenFile(token_file))
+    sync = RouteSync(client)
+    try:
+        assert await sync.refresh() is True
+        assert await sync.refresh() is False  # 304
+        assert cp.route_requests[-1]["If-None-Match"]
+        assert cp.route_requests[-1]["Authorization"] == "Bearer sa-token-1"
+        await cp.stop()
+        with pytest.raises(Exception):  # noqa: B017 - the failure type is the client's concern
+            await sync.refresh()
+        assert sync.table.lookup("tls", "localhost", 443) is not None
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("127.0.0.1:15001", ("127.0.0.1", 15001)), ("[::1]:80", ("::1", 80)), ("0.0.0.0:0", ("0.0.0.0", 0))],
+)
+def test_hostport_parses(value, expected):
+    assert parse_hostport(value, "listen") == expected
+
+
+@pytest.mark.parametrize("value", ["15001", "host:", ":80", "h:99999", "h:x"])
+def test_hostport_rejects(value):
+    with pytest.raises(ConfigError):
+        parse_hostport(value, "listen")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"control_plane": "cp:8080"}, "control_plane"),
+        ({"mode": "magic"}, "mode"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+    ],
+)
+def test_invalid_settings_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        ProxySettings(**{"control_plane": "http://cp", **overrides})
+    assert err.value.extra["field"] == field
+
+
+def test_init_ca_writes_private_ca_and_public_trust_material(tmp_path):
+    paths = init_pod_ca(tmp_path / "ca", tmp_path / "trust")
+    assert (tmp_path / "ca").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "ca" / "sesame-ca.pem").stat().st_mode & 0o077 == 0
+    bundle = paths["bundle"].read_text()
+    assert paths["ca"].read_text() in bundle
+    assert bundle.count("BEGIN CERTIFICATE") > 10  # the system roots too
+    again = init_pod_ca(tmp_path / "ca", tmp_path / "trust")
+    assert again["ca"].read_text() == paths["ca"].read_text()  # an existing CA is reused
+    # cryptography verifies the HMAC with the password while loading
+    loaded = pkcs12.load_pkcs12(paths["truststore"].read_bytes(), TRUSTSTORE_PASSWORD.encode())
+    assert [c.friendly_name for c in loaded.additional_certs] == [b"sesame-pod-ca"]
+    assert loaded.key is None
+    if shutil.which("keytool"):
+        out = subprocess.run(
+            [
+                "keytool",
+                "-list",
+                "-keystore",
+                str(paths["truststore"]),
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                TRUSTSTORE_PASSWORD,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "trustedCertEntry" in out
