@@ -1,7 +1,8 @@
 """One SQLite database in WAL mode: a writer connection (serialised by a lock) and a reader.
 
 WAL lets the reader see committed data while the writer holds a transaction, so reads never see
-another task's uncommitted rows. sqlite errors are translated to `StoreError` here.
+another task's uncommitted rows. sqlite errors are translated here: a broken unique index to
+`UniqueViolation`, others to `StoreError` (implements `controlplane.store.sql.database.Database`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import aiosqlite
 
 from controlplane.errors import StartupError, StoreError
+from controlplane.store.sql.database import UniqueViolation
 
 __all__ = ["Database"]
 
@@ -73,41 +76,37 @@ class Database:
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 
-    async def iterate(
-        self, sql: str, params: Sequence[Any] = (), *, batch: int = 1000
-    ) -> AsyncIterator[dict]:
-        """Stream rows of one query (used by exports)."""
-        try:
-            async with self._reader.execute(sql, params) as cur:
-                while rows := await cur.fetchmany(batch):
-                    for row in rows:
-                        yield dict(row)
-        except sqlite3.Error as exc:
-            raise StoreError(f"database read failed: {exc}") from exc
-
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One immediate write transaction; commits on success, rolls back on error.
-
-        `sqlite3.IntegrityError` passes through untranslated so repositories can turn it into
-        `Conflict`; any other sqlite error becomes `StoreError`.
-        """
+    async def write(self) -> AsyncIterator[SqliteTransaction]:
+        """One immediate write transaction; commits on success, rolls back on error."""
         async with self._lock:
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"database write failed: {exc}") from exc
             try:
-                yield self._writer
+                yield SqliteTransaction(self._writer)
                 await self._writer.execute("COMMIT")
             except BaseException as exc:
                 try:
                     await self._writer.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.warning("rollback failed", exc_info=True)
-                if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
-                    raise StoreError(f"database write failed: {exc}") from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise _translate(exc) from exc
                 raise
+
+    @asynccontextmanager
+    async def migrating(self) -> AsyncIterator[None]:
+        """Migrations of one file run under BEGIN IMMEDIATE; nothing more to hold."""
+        yield
+
+    async def apply_migration(self, version: int, name: str, sql: str) -> None:
+        name = name.replace("'", "''")
+        await self.execute_script(
+            f"BEGIN IMMEDIATE;\n{sql}\nINSERT INTO schema_migrations(version, name, applied_at) "
+            f"VALUES ({version}, '{name}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));\nCOMMIT;"
+        )
 
     async def execute_script(self, script: str) -> None:
         """Run a multi-statement script (migrations) under the write lock."""
@@ -123,3 +122,35 @@ class Database:
         """Bulk insert in one transaction (benchmarks and seeding)."""
         async with self.write() as conn:
             await conn.executemany(sql, rows)
+
+
+class SqliteTransaction:
+    """The writer connection inside `Database.write()`; `execute` returns the cursor (`.rowcount`)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        return await self._conn.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        async with self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return None if row is None else dict(row)
+
+    async def lock(self, name: str) -> None:
+        """BEGIN IMMEDIATE already excludes every other writer of the file."""
+
+
+_UNIQUE = re.compile(r"UNIQUE constraint failed: (?:index '(?P<index>[^']+)'|(?P<columns>.+))")
+
+
+def _translate(exc: sqlite3.Error) -> Exception:
+    match = _UNIQUE.search(str(exc)) if isinstance(exc, sqlite3.IntegrityError) else None
+    if match is None:
+        return StoreError(f"database write failed: {exc}")
+    columns = tuple(c.strip().split(".")[-1] for c in (match["columns"] or "").split(",") if c.strip())
+    return UniqueViolation(index=match["index"], columns=columns)

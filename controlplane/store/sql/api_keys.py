@@ -1,4 +1,4 @@
-"""Admin API keys in SQLite: only the SHA-256 of each key is stored, looked up by its prefix."""
+"""Admin API keys (either backend): only the SHA-256 of each key is stored, looked up by its prefix."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import Any
 
 from controlplane.pagination import Page
 from controlplane.store.base import ApiKey
-from controlplane.store.sqlite.db import Database
+from controlplane.store.sql.database import Database
 
-__all__ = ["SqliteApiKeys"]
+__all__ = ["SqlApiKeys"]
 
 _COLS = "id, name, role, prefix, key_hash, created_at, last_used_at"
 
 
-class SqliteApiKeys:
+class SqlApiKeys:
     def __init__(self, db: Database) -> None:
         self._db = db
 

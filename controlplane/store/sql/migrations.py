@@ -1,6 +1,7 @@
-"""Versioned schema migrations, applied in order on start.
+"""Versioned schema migrations shared by both backends, applied in order on start.
 
-To add tables, APPEND a `Migration(<next version>, "<name>", SQL_TEXT)` to `MIGRATIONS`; never
+The DDL is written for SQLite; the PostgreSQL dialect (`store/postgres/dialect.py`) maps its few
+type names. To add tables, APPEND a `Migration(<next version>, "<name>", SQL_TEXT)` to `MIGRATIONS`; never
 edit an applied one. If your table holds envelope-sealed blobs, also append it to `SEALED_COLUMNS`
 so start-up refuses to run without the KEK that can open them.
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from controlplane.errors import StartupError
 from controlplane.store.sqlite.exchange_schema import EXCHANGE_SCHEMA
 
-__all__ = ["MIGRATIONS", "SEALED_COLUMNS", "Migration", "pending", "script_for"]
+__all__ = ["MIGRATIONS", "SEALED_COLUMNS", "Migration", "pending"]
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,17 @@ CREATE INDEX audit_correlation ON audit_events(correlation_id);
 CREATE INDEX audit_ts ON audit_events(ts);
 """
 
+# Exports walk (ts, seq); SQLite's ts index already ended in the rowid, PostgreSQL's did not.
+_AUDIT_KEYSET = """
+CREATE INDEX audit_ts_seq ON audit_events(ts, seq);
+DROP INDEX audit_ts;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
     Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
-    # CP-exchange and others: append Migration(2, ...), Migration(3, ...) here.
+    Migration(3, "audit export keyset index", _AUDIT_KEYSET),
+    # Append Migration(4, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.
@@ -149,15 +157,3 @@ def pending(applied: int) -> list[Migration]:
             f"database schema version {applied} is newer than this release ({versions[-1]}); upgrade sesame"
         )
     return [m for m in MIGRATIONS if m.version > applied]
-
-
-def script_for(migration: Migration) -> str:
-    """The migration wrapped in one transaction that also records its version."""
-    name = migration.name.replace("'", "''")
-    return (
-        "BEGIN IMMEDIATE;\n"
-        f"{migration.sql}\n"
-        f"INSERT INTO schema_migrations(version, name, applied_at) "
-        f"VALUES ({migration.version}, '{name}', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));\n"
-        "COMMIT;"
-    )

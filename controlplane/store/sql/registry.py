@@ -1,4 +1,4 @@
-"""Registry resources (workloads, clusters, targets, credential providers, policies) in SQLite.
+"""Registry resources (workloads, clusters, targets, credential providers, policies), either backend.
 
 Each resource is one table: the public record as JSON in `data`, plus the columns that are
 unique, filtered on or indexed, derived from the record by its `Kind`.
@@ -7,7 +7,6 @@ unique, filtered on or indexed, derived from the record by its `Kind`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,9 @@ from typing import Any
 from controlplane.errors import Conflict, InvalidRequest
 from controlplane.ids import new_id
 from controlplane.pagination import Page
-from controlplane.store.sqlite.db import Database
+from controlplane.store.sql.database import Database, UniqueViolation
 
-__all__ = ["KINDS", "Kind", "SqliteRegistry", "id_prefix"]
+__all__ = ["KINDS", "Kind", "SqlRegistry", "id_prefix"]
 
 FIND_LIMIT = 1000
 
@@ -69,7 +68,7 @@ def id_prefix(kind: str) -> str:
     return KINDS[kind].id_prefix
 
 
-class SqliteRegistry:
+class SqlRegistry:
     """CRUD over the registry tables; records are plain dicts with `id`, `created_at`, `updated_at`."""
 
     def __init__(self, db: Database) -> None:
@@ -168,8 +167,8 @@ class SqliteRegistry:
         try:
             async with self._db.write() as conn:
                 await conn.execute(sql, params)
-        except sqlite3.IntegrityError as exc:
-            raise Conflict(_conflict_message(kind, str(exc))) from exc
+        except UniqueViolation as exc:
+            raise Conflict(_conflict_message(kind, exc)) from exc
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -214,14 +213,12 @@ _SINGULAR = {
 }
 
 
-def _conflict_message(kind: str, text: str) -> str:
-    singular = _SINGULAR[kind]
-    detail = text.split(":", 1)[-1].strip()
-    if detail.startswith("index"):
-        what = {
-            "workloads_identity": "attestation (cluster, namespace, service_account)",
-            "policies_scope": "scope (workload_id, target_id, provider_id)",
-        }.get(detail.split("'")[1], detail)
-    else:
-        what = ", ".join(part.split(".")[-1] for part in detail.split(","))
-    return f"a {singular} with the same {what} already exists"
+_INDEX_MEANING = {
+    "workloads_identity": "attestation (cluster, namespace, service_account)",
+    "policies_scope": "scope (workload_id, target_id, provider_id)",
+}
+
+
+def _conflict_message(kind: str, exc: UniqueViolation) -> str:
+    what = _INDEX_MEANING.get(exc.index or "") or ", ".join(exc.columns) or str(exc)
+    return f"a {_SINGULAR[kind]} with the same {what} already exists"

@@ -1,0 +1,291 @@
+"""Benchmark: Sesame's proxy next to nginx as a reverse proxy adding the same header (reported, not asserted).
+
+Same run, loopback: wrk against (a) the upstream directly, (b) nginx reverse proxy adding
+`Authorization`, (c) Sesame in explicit mode injecting a governed bearer credential. Sesame and the
+reference nginx are pinned to one core, wrk and the upstream nginx to the other. Reports req/s and
+p50/p99 at c1 and c50, Sesame's RSS and CPU-seconds per request, then intercepted HTTPS: added p50 on
+a kept-alive connection and proxy CPU per new intercepted TLS connection.
+Targets (issue 4): >= 35 % of nginx's req/s; +p50 <= 0.25 ms at c1; <= 0.10 vCPU and <= 40 MB RSS at
+1000 req/s; intercepted HTTPS kept-alive +p50 <= 0.5 ms; new intercepted TLS connection <= 3 ms CPU.
+
+    .venv/bin/python -m bench.proxy_throughput [--seconds 5] [--tls-requests 500] [--tls-connections 100]
+
+Needs `wrk` and `nginx` (Debian: apt-get install -y wrk nginx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from devkit.certs import DevCA
+from devkit.controlplane_server import control_plane_process
+from devkit.demo import Admin, process, wait_ready
+from devkit.issuer import ClusterIssuer
+
+KEY = "bench-key"
+NGINX_CONF = """
+worker_processes 1; daemon off; user root; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f;
+  uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s; keepalive_requests 1000000;
+  {body}
+}}
+"""
+UPSTREAM = """
+  server {{ listen 127.0.0.1:{http}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+           location / {{ return 200 "ok\\n"; }} }}
+"""
+REVERSE = """
+  upstream backend {{ server 127.0.0.1:{http}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{rp}; location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+           proxy_set_header Connection ""; proxy_set_header Authorization "Bearer {key}"; }} }}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nginx(stack: ExitStack, root: Path, name: str, body: str, core: int) -> None:
+    d = root / name
+    d.mkdir()
+    (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, body=body))
+    proc = subprocess.Popen(["taskset", "-c", str(core), "nginx", "-c", str(d / "nginx.conf"), "-p", str(d)])
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    time.sleep(0.3)
+
+
+def _us(value: str) -> float:
+    num, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(num) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
+
+
+def wrk(url: str, conns: int, seconds: int, absolute: str | None = None) -> dict[str, float]:
+    argv = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if absolute:  # explicit proxy: absolute-form request target
+            host = absolute.split("/")[2]
+            script.write(f'wrk.path = "{absolute}"\nwrk.headers["Host"] = "{host}"\n')
+    out = subprocess.run(
+        [*argv, "-s", script.name, url], capture_output=True, text=True, timeout=seconds + 30
+    )
+    os.unlink(script.name)
+    text = out.stdout
+    requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
+        "p50_us": _us(re.search(r"50%\s+(\S+)", text).group(1)),  # type: ignore[union-attr]
+        "p99_us": _us(re.search(r"99%\s+(\S+)", text).group(1)),  # type: ignore[union-attr]
+        "requests": requests,
+        "errors": len(re.findall(r"Non-2xx|Socket errors", text)),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def tls_via_proxy(proxy: tuple[str, int], host: str, port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(proxy, timeout=10)
+    raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    return ctx.wrap_socket(raw, server_hostname=host)
+
+
+def get(sock: ssl.SSLSocket, host: str) -> None:
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while not data.endswith(b"ok\n"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+
+
+def timed(sock: ssl.SSLSocket, host: str, n: int) -> float:
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        get(sock, host)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.proxy_throughput")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--tls-requests", type=int, default=500)
+    parser.add_argument("--tls-connections", type=int, default=100)
+    args = parser.parse_args()
+    if not (shutil.which("wrk") and shutil.which("nginx") and shutil.which("taskset")):
+        print("needs wrk, nginx and taskset (apt-get install -y wrk nginx)", file=sys.stderr)
+        return 2
+    os.sched_setaffinity(0, {0})
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="sesame-bench-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        ca = DevCA("bench CA")
+        cert = ca.issue(["localhost"], root / "tls")
+        ca_file = ca.write_ca(root / "ca.pem")
+        http_port, https_port, rp_port = free_port(), free_port(), free_port()
+        nginx(
+            stack,
+            root,
+            "upstream",
+            UPSTREAM.format(http=http_port, https=https_port, cert=cert.cert_file, key=cert.key_file),
+            core=0,
+        )
+        nginx(stack, root, "reverse", REVERSE.format(http=http_port, rp=rp_port, key=KEY), core=1)
+
+        issuer = stack.enter_context(ClusterIssuer.in_thread())
+        cp = stack.enter_context(control_plane_process(root / "cp.db"))
+        admin = Admin(cp.url, cp.owner_key)
+        admin("POST", "/v1/clusters", {"name": "bench", "issuer": issuer.issuer})
+        wl = admin(
+            "POST",
+            "/v1/workloads",
+            {
+                "name": "bench",
+                "attestation": {
+                    "type": "kubernetes-service-account",
+                    "namespace": "bench",
+                    "service_account": "bench",
+                    "cluster": "bench",
+                },
+            },
+        )
+        for name, port, scheme in (("plain", http_port, "http"), ("tls", https_port, "https")):
+            host = "127.0.0.1" if scheme == "http" else "localhost"
+            tg = admin("POST", "/v1/targets", {"name": name, "host": host, "port": port, "scheme": scheme})
+            pr = admin(
+                "POST", "/v1/credential-providers", {"name": name, "type": "static", "config": {"value": KEY}}
+            )
+            admin(
+                "POST",
+                "/v1/policies",
+                {
+                    "workload_id": wl["id"],
+                    "target_id": tg["id"],
+                    "provider_id": pr["id"],
+                    "effect": "allow",
+                    "max_ttl_seconds": 3600,
+                },
+            )
+        token = issuer.write_token(root / "token", namespace="bench", service_account="bench", ttl=3600)
+        argv = [
+            "taskset",
+            "-c",
+            "1",
+            sys.executable,
+            "-m",
+            "proxy.main",
+            "run",
+            "--control-plane",
+            cp.url,
+            "--token-file",
+            str(token),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ca-dir",
+            str(root / "podca"),
+            "--upstream-ca",
+            str(ca_file),
+            "--log-level",
+            "INFO",
+        ]
+        proxy, info = stack.enter_context(process(argv, "proxy started", stderr=subprocess.PIPE))
+        wait_ready(f"http://{info['admin']}")
+        proxy_url = f"http://{info['listen']}"
+        target = f"http://127.0.0.1:{http_port}/"
+        # warm up: one exchange, pooled connections
+        urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url})).open(
+            target, timeout=10
+        ).read()
+
+        for conns in (1, 50):
+            results[f"direct c{conns}"] = wrk(target, conns, args.seconds)
+            results[f"nginx c{conns}"] = wrk(f"http://127.0.0.1:{rp_port}/", conns, args.seconds)
+            before = cpu_seconds(proxy.pid)
+            r = wrk(proxy_url, conns, args.seconds, absolute=target)
+            r["cpu_ms_per_req"] = (cpu_seconds(proxy.pid) - before) / max(r["requests"], 1) * 1000
+            results[f"sesame c{conns}"] = r
+        rss_kib, hwm_kib = status_kib(proxy.pid, "VmRSS"), status_kib(proxy.pid, "VmHWM")
+
+        client = ssl.create_default_context(cafile=str(root / "podca" / "sesame-ca-cert.pem"))
+        client.load_verify_locations(cafile=str(ca_file))
+        direct_sock = client.wrap_socket(
+            socket.create_connection(("127.0.0.1", https_port)), server_hostname="localhost"
+        )
+        via_sock = tls_via_proxy(
+            ("127.0.0.1", int(info["listen"].rsplit(":", 1)[1])), "localhost", https_port, client
+        )
+        timed(direct_sock, "localhost", 50)
+        timed(via_sock, "localhost", 50)
+        tls_direct, tls_via = (
+            timed(direct_sock, "localhost", args.tls_requests),
+            timed(via_sock, "localhost", args.tls_requests),
+        )
+        direct_sock.close()
+        via_sock.close()
+        before = cpu_seconds(proxy.pid)
+        for _ in range(args.tls_connections):
+            s = tls_via_proxy(
+                ("127.0.0.1", int(info["listen"].rsplit(":", 1)[1])), "localhost", https_port, client
+            )
+            get(s, "localhost")
+            s.close()
+        new_tls_cpu_ms = (cpu_seconds(proxy.pid) - before) / args.tls_connections * 1000
+
+    print(f"\n{'run':<12}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}")
+    for name, r in results.items():
+        cpu = f"{r['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in r else ""
+        print(f"{name:<12}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{cpu:>12}")
+    ratio = results["sesame c50"]["rps"] / results["nginx c50"]["rps"]
+    added_c1 = results["sesame c1"]["p50_us"] - results["direct c1"]["p50_us"]
+    cpu_at_1k = results["sesame c50"]["cpu_ms_per_req"]  # ms per request ≈ vCPU at 1000 req/s
+    summary = {
+        "sesame_vs_nginx_rps_c50": round(ratio, 3),
+        "sesame_added_p50_ms_c1": round(added_c1 / 1000, 3),
+        "sesame_vcpu_at_1000rps_estimate": round(cpu_at_1k, 3),
+        "sesame_rss_mb": round(rss_kib / 1024, 1),
+        "sesame_peak_rss_mb": round(hwm_kib / 1024, 1),
+        "https_keepalive_added_p50_ms": round((tls_via - tls_direct) / 1000, 3),
+        "new_intercepted_tls_cpu_ms": round(new_tls_cpu_ms, 2),
+    }
+    print("\n" + json.dumps(summary, indent=2))
+    print(
+        "targets: ratio >= 0.35; +p50 c1 <= 0.25 ms; <= 0.10 vCPU and <= 40 MB at 1000 req/s; "
+        "HTTPS kept-alive +p50 <= 0.5 ms; new TLS <= 3 ms CPU"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
