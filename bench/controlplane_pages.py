@@ -22,8 +22,8 @@ import aiohttp
 
 from controlplane.audit import event_hash
 from controlplane.clock import format_ts
-from controlplane.store.sqlite import SqliteStore
-from controlplane.store.sqlite.audit import AUDIT_FIELDS, GENESIS
+from controlplane.store import SqliteStore
+from controlplane.store.sql.audit import AUDIT_FIELDS, GENESIS
 from devkit.controlplane_server import running_control_plane
 
 CHUNK = 50_000

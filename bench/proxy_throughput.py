@@ -92,8 +92,8 @@ def wrk(url: str, conns: int, seconds: int, absolute: str | None = None) -> dict
     requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
-        "p50_us": _us(re.search(r"50%\s+(\S+)", text).group(1)),  # type: ignore[union-attr]
-        "p99_us": _us(re.search(r"99%\s+(\S+)", text).group(1)),  # type: ignore[union-attr]
+        "p50_us": _us(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
+        "p99_us": _us(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
         "requests": requests,
         "errors": len(re.findall(r"Non-2xx|Socket errors", text)),
     }
@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--tls-requests", type=int, default=500)
     parser.add_argument("--tls-connections", type=int, default=100)
+    parser.add_argument("--profile", help="write a cProfile of the proxy to this file")
     args = parser.parse_args()
     if not (shutil.which("wrk") and shutil.which("nginx") and shutil.which("taskset")):
         print("needs wrk, nginx and taskset (apt-get install -y wrk nginx)", file=sys.stderr)
@@ -181,7 +182,12 @@ def main() -> int:
         )
         for name, port, scheme in (("plain", http_port, "http"), ("tls", https_port, "https")):
             host = "127.0.0.1" if scheme == "http" else "localhost"
-            tg = admin("POST", "/v1/targets", {"name": name, "host": host, "port": port, "scheme": scheme})
+            tls = "none" if scheme == "http" else "intercept"
+            tg = admin(
+                "POST",
+                "/v1/targets",
+                {"name": name, "host": host, "port": port, "scheme": scheme, "tls": tls},
+            )
             pr = admin(
                 "POST", "/v1/credential-providers", {"name": name, "type": "static", "config": {"value": KEY}}
             )
@@ -197,29 +203,10 @@ def main() -> int:
                 },
             )
         token = issuer.write_token(root / "token", namespace="bench", service_account="bench", ttl=3600)
-        argv = [
-            "taskset",
-            "-c",
-            "1",
-            sys.executable,
-            "-m",
-            "proxy.main",
-            "run",
-            "--control-plane",
-            cp.url,
-            "--token-file",
-            str(token),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ca-dir",
-            str(root / "podca"),
-            "--upstream-ca",
-            str(ca_file),
-            "--log-level",
-            "INFO",
-        ]
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        flags = f"--control-plane {cp.url} --token-file {token} --listen 127.0.0.1:0 --admin 127.0.0.1:0"
+        flags += f" --ca-dir {root / 'podca'} --upstream-ca {ca_file}"
+        argv = ["taskset", "-c", "1", sys.executable, *profile, "-m", "proxy.main", "run", *flags.split()]
         proxy, info = stack.enter_context(process(argv, "proxy started", stderr=subprocess.PIPE))
         wait_ready(f"http://{info['admin']}")
         proxy_url = f"http://{info['listen']}"

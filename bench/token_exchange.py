@@ -48,14 +48,19 @@ def _run_controlplane(db: str, ports: Any) -> None:
     from controlplane.app import create_app
     from controlplane.appkeys import API_KEYS
     from controlplane.config import Config
-    from controlplane.exchange_services import EXCHANGE_SETTINGS, ExchangeSettings
+    from controlplane.exchange_settings import ExchangeSettings
     from controlplane.permissions import Role
 
     async def main() -> None:
         app = create_app(
-            Config(db_path=Path(db), listen_port=0, kek=os.urandom(32), rate_limit_per_minute=10**6)
+            Config(
+                db_path=Path(db),
+                listen_port=0,
+                kek=os.urandom(32),
+                rate_limit_per_minute=10**6,
+                exchange=ExchangeSettings(rate_limit_per_minute=10**7),
+            )
         )
-        app[EXCHANGE_SETTINGS] = ExchangeSettings(rate_limit_per_minute=10**7)
 
         async def owner_key(app: web.Application):
             _, key = await app[API_KEYS].create(name="bench", role=Role.OWNER)

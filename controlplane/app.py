@@ -4,7 +4,7 @@ Long-lived objects live on the app under typed keys (import them from `controlpl
 
     app[CONFIG]        Config             validated settings
     app[CLOCK]         Clock              injected time source (tests pass a FakeClock)
-    app[STORE]         SqliteStore        `.registry`, `.api_keys`, `.audit`, `.db` (opened on startup)
+    app[STORE]         SqlStore           `.registry`, `.api_keys`, `.audit`, `.db` (SQLite or PostgreSQL)
     app[AUDIT]         AuditWriter        `await app[AUDIT].record(type=..., actor=..., outcome=..., ...)`
     app[ENVELOPE]      Envelope           `seal(bytes, aad) -> bytes`, `open(bytes, aad) -> bytes`
     app[METRICS]       Metrics            `token_issued(target)`, `token_denied(reason)`
@@ -51,7 +51,7 @@ from controlplane.middlewares import error_middleware, observe_middleware
 from controlplane.ratelimit import RateLimiter
 from controlplane.routes import Route
 from controlplane.routing import register_routes
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store import SqlStore, new_store
 
 __all__ = ["create_app"]
 
@@ -64,7 +64,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app = web.Application(
         client_max_size=config.max_body_bytes, middlewares=[observe_middleware, error_middleware]
     )
-    store = SqliteStore(config.db_path)
+    store = new_store(config.db_location)
     app[CONFIG] = config
     app[CLOCK] = clock
     app[STORE] = store
@@ -104,7 +104,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-async def check_kek(store: SqliteStore, envelope: Envelope) -> None:
+async def check_kek(store: SqlStore, envelope: Envelope) -> None:
     """Refuse to start when sealed secrets exist that no configured KEK can open."""
     blobs = await store.sealed_blobs()
     if not blobs:

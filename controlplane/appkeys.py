@@ -16,7 +16,7 @@ from controlplane.metrics import Metrics
 from controlplane.ratelimit import RateLimiter
 from controlplane.routes import Route
 from controlplane.store.base import ApiKey
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store.sql import SqlStore
 
 __all__ = [
     "API_KEYS",
@@ -40,7 +40,7 @@ ReadyCheck = Callable[[], Awaitable[None]]
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
-STORE = web.AppKey("store", SqliteStore)
+STORE = web.AppKey("store", SqlStore)
 AUDIT = web.AppKey("audit", AuditWriter)
 ENVELOPE = web.AppKey("envelope", Envelope)
 METRICS = web.AppKey("metrics", Metrics)

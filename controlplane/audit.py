@@ -3,6 +3,8 @@
 `await writer.record(type=..., actor=..., outcome=...)` returns only after the event's row is
 committed; concurrent calls share one transaction (group commit). Each row stores
 `hash = sha256(prev_hash | canonical fields)`, so editing or deleting any row breaks the chain.
+The store links each batch to the head it reads inside its locked transaction, so several
+replicas writing one database extend one chain.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from controlplane.errors import SesameError
 from controlplane.ids import new_id
 from controlplane.metrics import Metrics
 from controlplane.store.base import AuditStore
-from controlplane.store.sqlite.audit import AUDIT_FIELDS
+from controlplane.store.sql.audit import AUDIT_FIELDS
 
-__all__ = ["AuditWriter", "event_hash", "verify_chain"]
+__all__ = ["AuditWriter", "event_hash", "link_rows", "verify_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,16 @@ class AuditUnavailable(SesameError):
 def event_hash(prev_hash: str, row: dict[str, Any]) -> str:
     canonical = json.dumps([row[f] for f in AUDIT_FIELDS], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{prev_hash}|{canonical}".encode()).hexdigest()
+
+
+def link_rows(prev_hash: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` chained after `prev_hash`: each gets its `prev_hash` and `hash`."""
+    linked = []
+    for row in rows:
+        row = {**row, "prev_hash": prev_hash}
+        row["hash"] = prev_hash = event_hash(prev_hash, row)
+        linked.append(row)
+    return linked
 
 
 class AuditWriter:
@@ -58,14 +70,12 @@ class AuditWriter:
             DEFAULT_QUEUE_MAX
         )
         self._task: asyncio.Task[None] | None = None
-        self._head = ""
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        self._head = await self._store.head()
         self._task = asyncio.create_task(self._run(), name="sesame-audit-writer")
 
     async def close(self) -> None:
@@ -132,26 +142,15 @@ class AuditWriter:
                 await self._write(batch)
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
-        prev = self._head
-        rows = []
-        for row, _ in batch:
-            row = {**row, "prev_hash": prev}
-            row["hash"] = prev = event_hash(row["prev_hash"], row)
-            rows.append(row)
         try:
-            await self._store.append(rows, head=prev)
+            rows = await self._store.append([row for row, _ in batch], link=link_rows)
         except Exception as exc:
             log.error("audit write failed: %s", exc)
             error = AuditUnavailable("audit log write failed")
             for _, done in batch:
                 if not done.done():
                     done.set_exception(error)
-            try:
-                self._head = await self._store.head()
-            except Exception:  # keep the in-memory head; the next write will tell
-                log.error("cannot re-read audit head", exc_info=True)
             return
-        self._head = prev
         if self._metrics is not None:
             for row in rows:
                 self._metrics.audit_events.labels(row["type"]).inc()

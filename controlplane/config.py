@@ -12,7 +12,9 @@ from typing import Any
 
 from controlplane.envelope import load_kek
 from controlplane.errors import StartupError
+from controlplane.exchange_settings import ExchangeSettings
 from controlplane.injector_spec import InjectorSettings
+from controlplane.store.dsn import is_postgres_dsn, redact_dsn
 
 __all__ = [
     "DEFAULT_AUDIT_BATCH_MAX",
@@ -36,6 +38,7 @@ MIN_API_KEY_RANDOM = 32
 @dataclass(frozen=True, kw_only=True)
 class Config:
     db_path: Path = DEFAULT_DB
+    db_dsn: str | None = field(default=None, repr=False)  # postgresql://...; wins over db_path
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     tls_cert: Path | None = None
@@ -49,6 +52,7 @@ class Config:
     audience: str = DEFAULT_AUDIENCE
     log_level: str = "INFO"
     injector: InjectorSettings = field(default_factory=InjectorSettings)  # admission webhook (K8s)
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)  # token exchange, proxy routes
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -62,6 +66,16 @@ class Config:
             raise StartupError(
                 f"SESAME_BOOTSTRAP_API_KEY must be ses_ followed by >= {MIN_API_KEY_RANDOM} chars"
             )
+
+    @property
+    def db_location(self) -> Path | str:
+        """What `controlplane.store.new_store` opens: the PostgreSQL DSN, else the SQLite path."""
+        return self.db_dsn or self.db_path
+
+    @property
+    def db_label(self) -> str:
+        """The database for messages (no password)."""
+        return redact_dsn(self.db_dsn) if self.db_dsn else str(self.db_path)
 
     @property
     def scheme(self) -> str:
@@ -86,8 +100,11 @@ class Config:
             if k is not None
         )
         cert, key = pick("tls_cert", "SESAME_TLS_CERT"), pick("tls_key", "SESAME_TLS_KEY")
+        db = str(pick("db", "SESAME_DB") or DEFAULT_DB)
+        dsn = db if is_postgres_dsn(db) else None
         return cls(
-            db_path=Path(pick("db", "SESAME_DB") or DEFAULT_DB),
+            db_path=DEFAULT_DB if dsn else Path(db),
+            db_dsn=dsn,
             listen_host=host,
             listen_port=port,
             tls_cert=Path(cert) if cert else None,
@@ -106,6 +123,9 @@ class Config:
             audience=pick("audience", "SESAME_AUDIENCE") or DEFAULT_AUDIENCE,
             log_level=(pick("log_level", "SESAME_LOG_LEVEL") or "INFO").upper(),
             injector=InjectorSettings.build(env, audience=pick("audience", "SESAME_AUDIENCE")),
+            exchange=ExchangeSettings.build(
+                flags, env, audience=pick("audience", "SESAME_AUDIENCE") or DEFAULT_AUDIENCE
+            ),
         )
 
 

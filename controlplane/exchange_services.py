@@ -1,6 +1,8 @@
-"""Wiring of the token-exchange services onto the app (settings, app keys, start-up and close).
+"""Wiring of the token-exchange services onto the app (app keys, start-up and close).
 
-app[EXCHANGE_SETTINGS] = ExchangeSettings(issuer_url=..., kubeconfig=...)   # optional override
+Settings come from `app[CONFIG].exchange` (`controlplane.exchange_settings.ExchangeSettings`,
+built once from flags and `SESAME_*` variables by `Config.build`).
+
 app[EXCHANGE]      TokenExchange     the pipeline (+ `.store`: SqliteExchange)
 app[SIGNING_KEYS]  SigningKeys       ES256 key set behind /v1/jwks and signed-jwt providers
 """
@@ -8,52 +10,26 @@ app[SIGNING_KEYS]  SigningKeys       ES256 key set behind /v1/jwks and signed-jw
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from controlplane.appkeys import AUDIT, CLOCK, ENVELOPE, METRICS, STORE
-from controlplane.attest import (
-    Attestor,
-    ClusterTrust,
-    JwksSettings,
-    JwksVerifier,
-    TokenReviewSettings,
-    TokenReviewVerifier,
-)
-from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS
+from controlplane.appkeys import AUDIT, CLOCK, CONFIG, ENVELOPE, METRICS, STORE
+from controlplane.attest import Attestor, ClusterTrust, JwksVerifier, TokenReviewVerifier
+from controlplane.exchange_settings import DEFAULT_ROUTES_REFRESH_SECONDS, ExchangeSettings
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
-from controlplane.signing_keys import DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS, SigningKeys
+from controlplane.signing_keys import SigningKeys
 from controlplane.store.sqlite.exchange import SqliteExchange
-from controlplane.token_exchange import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE, TokenExchange
+from controlplane.token_exchange import TokenExchange
 
 __all__ = [
     "DEFAULT_ROUTES_REFRESH_SECONDS",
     "EXCHANGE",
-    "EXCHANGE_SETTINGS",
     "SIGNING_KEYS",
     "ExchangeSettings",
     "issuer_url",
     "setup",
 ]
 
-DEFAULT_ROUTES_REFRESH_SECONDS = 30
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExchangeSettings:
-    """Token-exchange settings; `issuer_url` None means "the URL the caller used to reach us"."""
-
-    issuer_url: str | None = None
-    rate_limit_per_minute: int = DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
-    approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS
-    routes_refresh_seconds: int = DEFAULT_ROUTES_REFRESH_SECONDS
-    max_signed_jwt_ttl_seconds: int = DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
-    jwks: JwksSettings = field(default_factory=JwksSettings)
-    tokenreview: TokenReviewSettings = field(default_factory=TokenReviewSettings)
-
-
-EXCHANGE_SETTINGS = web.AppKey("exchange_settings", ExchangeSettings)
 EXCHANGE = web.AppKey("exchange", TokenExchange)
 SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 
@@ -71,13 +47,11 @@ class _Clusters:
 
 def setup(app: web.Application) -> None:
     """Called by create_app; services are built at start-up, after the store has opened."""
-    if EXCHANGE_SETTINGS not in app:
-        app[EXCHANGE_SETTINGS] = ExchangeSettings()
     app.cleanup_ctx.append(_lifecycle)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings, clock = app[EXCHANGE_SETTINGS], app[CLOCK]
+    settings, clock = app[CONFIG].exchange, app[CLOCK]
     store = SqliteExchange(app[STORE].db)
     keys = SigningKeys(
         store=store,
@@ -91,7 +65,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[SIGNING_KEYS] = keys
     app[EXCHANGE] = TokenExchange(
         store=store,
-        attestor=Attestor(clusters=_Clusters(store), jwks=jwks, tokenreview=tokenreview, clock=clock),
+        attestor=Attestor(
+            clusters=_Clusters(store),
+            jwks=jwks,
+            tokenreview=tokenreview,
+            clock=clock,
+            cache_seconds=settings.attestation_cache_seconds,
+        ),
         providers={
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,
@@ -114,7 +94,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def issuer_url(request: web.Request) -> str:
     """The control plane's issuer URL: configured, or the origin this request came in on."""
-    configured = request.app[EXCHANGE_SETTINGS].issuer_url
+    configured = request.app[CONFIG].exchange.issuer_url
     if configured:
         return configured.rstrip("/")
     return f"{request.scheme}://{request.host}"

@@ -1,4 +1,4 @@
-"""`sesame-controlplane`: `init --db PATH` (schema + first owner key) and `serve --db --listen`."""
+"""`sesame-controlplane`: `init --db PATH|DSN` (schema + first owner key) and `serve --db --listen`."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from controlplane.clock import SystemClock
 from controlplane.config import Config
 from controlplane.envelope import Envelope
 from controlplane.errors import SesameError, StartupError
+from controlplane.exchange_settings import ENV_FLAGS
 from controlplane.permissions import Role
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store import open_store
 
 __all__ = ["main"]
 
@@ -33,16 +34,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sesame-controlplane", description="Sesame control plane")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create the schema and print the first owner API key once")
-    init.add_argument("--db", help="SQLite file (env SESAME_DB)")
+    init.add_argument("--db", help="SQLite file or postgresql:// DSN (env SESAME_DB)")
     serve = sub.add_parser("serve", help="serve the HTTP API")
-    serve.add_argument("--db", help="SQLite file (env SESAME_DB)")
+    serve.add_argument("--db", help="SQLite file or postgresql:// DSN (env SESAME_DB)")
     serve.add_argument("--listen", help="HOST:PORT (env SESAME_LISTEN, default 127.0.0.1:8080)")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS (env SESAME_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key (env SESAME_TLS_KEY)")
     serve.add_argument("--kek-file", help="file holding the key-encryption key (env SESAME_KEK_FILE)")
     serve.add_argument("--rate-limit", type=int, help="admin requests/minute/key (env SESAME_RATE_LIMIT)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SESAME_LOG_LEVEL)")
+    _exchange_flags(serve)
     return parser
+
+
+_EXCHANGE_FLAGS = (
+    ("--issuer-url", "public URL: `iss` of signed JWTs and OIDC discovery (default: request origin)"),
+    ("--kubeconfig", "kubeconfig for TokenReview (default: in-cluster)"),
+    ("--kube-context", "kubeconfig context for TokenReview"),
+    ("--exchange-rate-limit", "token exchanges per minute per workload (default 600)"),
+    ("--approval-window", "seconds an approval grant lasts (default 3600)"),
+    ("--routes-refresh", "seconds between proxy route refreshes (default 30)"),
+    ("--attestation-cache", "seconds a verified SA token is reused (default 30)"),
+    ("--registry-cache", "seconds registry lookups are cached between writes (default 5)"),
+)
+
+
+def _exchange_flags(serve: argparse.ArgumentParser) -> None:
+    """Token-exchange flags; each has a `SESAME_*` twin (`controlplane.exchange_settings.ENV_FLAGS`)."""
+    for flag, text in _EXCHANGE_FLAGS:
+        serve.add_argument(flag, help=f"{text} (env {ENV_FLAGS[flag[2:].replace('-', '_')]})")
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -71,13 +91,13 @@ def _run(coro: Any) -> int:
 
 async def _init(config: Config) -> int:
     clock = SystemClock()
-    store = await SqliteStore.open(config.db_path)
+    store = await open_store(config.db_location)
     try:
         await check_kek(store, Envelope.from_keys(config.kek, config.kek_previous))
         keys = ApiKeys(store.api_keys, clock)
         if await store.api_keys.count_role(Role.OWNER.label) > 0:
             print(
-                f"sesame-controlplane: {config.db_path} is already initialised (an owner key exists)",
+                f"sesame-controlplane: {config.db_label} is already initialised (an owner key exists)",
                 file=sys.stderr,
             )
             return 1
@@ -93,7 +113,7 @@ async def _init(config: Config) -> int:
         await audit.close()
     finally:
         await store.close()
-    print(f"Initialised {config.db_path}. Owner API key (shown once, store it now):", file=sys.stderr)
+    print(f"Initialised {config.db_label}. Owner API key (shown once, store it now):", file=sys.stderr)
     print(plaintext, flush=True)
     return 0
 

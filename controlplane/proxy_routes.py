@@ -1,4 +1,11 @@
-"""The governed routes of one workload: targets its policies allow, or allow through an approval."""
+"""The governed routes of one workload: targets its policies allow, or gate behind an approval.
+
+A target under `require_approval` is listed whether or not an approval is in force, so the proxy
+governs it and fails closed (the exchange answers 202 approval_pending and the approval request is
+created); `approval` says which: null (allowed outright), "approved" (a grant is in force) or
+"required" (no grant in force: not yet requested, pending, or denied). Targets that only a deny
+(or no) policy matches are not listed.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,8 @@ __all__ = ["MAX_APPROVALS_CONSIDERED", "governed_routes", "route_view"]
 MAX_APPROVALS_CONSIDERED = 1000
 
 
-def route_view(target: dict[str, Any]) -> dict[str, Any]:
-    """One route as the proxy reads it (BRIEF's proxy contract)."""
+def route_view(target: dict[str, Any], approval: str | None = None) -> dict[str, Any]:
+    """One route as the proxy reads it (BRIEF's proxy contract, plus `approval`)."""
     injection = target.get("injection") or {}
     return {
         "target_id": target["id"],
@@ -29,11 +36,12 @@ def route_view(target: dict[str, Any]) -> dict[str, Any]:
             "name": injection.get("name"),
             "prefix": injection.get("prefix"),
         },
+        "approval": approval,
     }
 
 
 async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float) -> list[dict[str, Any]]:
-    """Routes for every target whose policy decision for this workload is allow (or approved)."""
+    """Routes for every target this workload may use now (allow, approved) or after an approval."""
     rules = [rule_of(r) for r in await store.policies_for(workload_id=workload_id)]
     if not rules:
         return []
@@ -48,6 +56,10 @@ async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float
         decision = evaluate(
             rules, workload_id=workload_id, target_id=target["id"], approvals=approvals, now=now
         )
-        if decision.allowed:
+        if decision.outcome == "deny" and decision.reason != "approval_denied":
+            continue
+        if decision.rule is not None and decision.rule.effect == "require_approval":
+            routes.append(route_view(target, "approved" if decision.allowed else "required"))
+        else:
             routes.append(route_view(target))
     return routes

@@ -16,6 +16,7 @@ from controlplane.audit import AuditWriter
 from controlplane.clock import Clock, format_ts, parse_ts
 from controlplane.envelope import Envelope
 from controlplane.errors import SesameError
+from controlplane.exchange_settings import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
 from controlplane.metrics import Metrics
 from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS, Approval, Decision, Rule, evaluate
 from controlplane.provider_secrets import open_secret
@@ -42,8 +43,6 @@ __all__ = [
     "approval_view",
     "rule_of",
 ]
-
-DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE = 600
 
 
 class UnknownWorkload(SesameError):

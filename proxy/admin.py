@@ -1,30 +1,47 @@
-"""The admin listener: /healthz, /readyz, /metrics and POST /quitquitquit (graceful exit for Jobs)."""
+"""The admin listener: /healthz, /readyz, /metrics and POST /quitquitquit (graceful exit for Jobs).
+
+Served with the proxy's own HTTP/1.1 code (one request per connection) instead of aiohttp, to keep the
+sidecar's memory small; probes and scrapes are rare and tiny.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from collections.abc import Callable
+from http import HTTPStatus
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.errors import ProxyError
 from proxy.identity import TokenFile
 from proxy.metrics import Metrics
+from proxy.wire import MAX_HEAD, parse_request, read_head, serialize_head
 
 __all__ = ["AdminServer"]
 
+_REQUEST_TIMEOUT = 10.0
 
-def _is_loopback(remote: str | None) -> bool:
+
+def _is_loopback(host: str | None) -> bool:
     try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
+        return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
+def _response(status: int, body: bytes, content_type: str = "application/json") -> bytes:
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")]
+    return serialize_head(f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", headers) + body
+
+
+def _json(status: int, data: dict) -> bytes:
+    return _response(status, json.dumps(data).encode())
+
+
 class AdminServer:
-    """Serves probes and metrics on the admin address; `quit` is set by POST /quitquitquit."""
+    """Serves probes and metrics on the admin address; `quit_event` is set by POST /quitquitquit."""
 
     def __init__(
         self,
@@ -35,53 +52,63 @@ class AdminServer:
         routes_loaded: Callable[[], bool],
         quit_event: asyncio.Event,
     ) -> None:
-        self._address = address
-        self._metrics, self._token, self._routes_loaded, self._quit = (
-            metrics,
-            token,
-            routes_loaded,
-            quit_event,
-        )
-        self._runner: web.AppRunner | None = None
         self.address = address
+        self._metrics, self._token, self._routes_loaded = metrics, token, routes_loaded
+        self._quit = quit_event
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_post("/quitquitquit", self._quitquitquit)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._address[0], self._address[1], reuse_address=True)
-        await site.start()
-        self.address = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        self._server = await asyncio.start_server(
+            self._handle, self.address[0], self.address[1], limit=MAX_HEAD, reuse_address=True
+        )
+        self.address = self._server.sockets[0].getsockname()[:2]
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            self._server.close()
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                raw = await read_head(reader)
+                if raw is not None:
+                    req = parse_request(raw)
+                    peer = writer.get_extra_info("peername")
+                    writer.write(
+                        self._route(req.method, req.target.split("?", 1)[0], peer[0] if peer else None)
+                    )
+                    await writer.drain()
+        except (ProxyError, TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
-        checks: dict[str, str] = {"routes": "ok" if self._routes_loaded() else "not_loaded"}
+    def _route(self, method: str, path: str, peer: str | None) -> bytes:
+        if path == "/healthz" and method == "GET":
+            return _json(200, {"status": "ok"})
+        if path == "/readyz" and method == "GET":
+            return self._readyz()
+        if path == "/metrics" and method == "GET":
+            return _response(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST)
+        if path == "/quitquitquit" and method == "POST":
+            if not _is_loopback(peer):  # the admin port may face the kubelet; quitting is local only
+                return _json(
+                    403, {"error": "forbidden", "message": "quitquitquit is allowed from loopback only"}
+                )
+            self._quit.set()
+            return _json(200, {"status": "quitting"})
+        if path in ("/healthz", "/readyz", "/metrics", "/quitquitquit"):
+            return _json(
+                405, {"error": "method_not_allowed", "message": f"{method} is not allowed on {path}"}
+            )
+        return _json(404, {"error": "not_found", "message": f"no admin endpoint {path}"})
+
+    def _readyz(self) -> bytes:
+        checks = {"routes": "ok" if self._routes_loaded() else "not_loaded"}
         try:
             self._token.read()
             checks["token"] = "ok"
         except ProxyError as exc:
             checks["token"] = exc.code
         ready = all(v == "ok" for v in checks.values())
-        return web.json_response(
-            {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-        )
-
-    async def _metrics_handler(self, _request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _quitquitquit(self, request: web.Request) -> web.Response:
-        if not _is_loopback(request.remote):  # the admin port may face the kubelet; quitting is local only
-            return web.json_response({"error": "forbidden", "message": "loopback only"}, status=403)
-        self._quit.set()
-        return web.json_response({"status": "quitting"})
+        return _json(200 if ready else 503, {"status": "ok" if ready else "unavailable", "checks": checks})

@@ -19,7 +19,7 @@ from proxy.metrics import Metrics
 from proxy.pool import UpstreamPool
 from proxy.reporter import Observations, Reporter
 from proxy.routes import RouteSync
-from proxy.tls import LeafCertificates, UpstreamTLS, load_pod_ca
+from proxy.tls import LeafCertificates, UpstreamTLS, client_context, load_pod_ca
 
 __all__ = ["Proxy", "run"]
 
@@ -33,7 +33,13 @@ class Proxy:
         self.settings = settings
         self.metrics = Metrics()
         self.token = TokenFile(settings.token_file)
-        self.client = ControlPlaneClient(settings.control_plane, self.token)
+        self.client = ControlPlaneClient(
+            settings.control_plane,
+            self.token,
+            ssl_context=client_context(settings.control_plane_ca)
+            if settings.control_plane.startswith("https")
+            else None,
+        )
         self.routes = RouteSync(self.client)
         self.credentials = CredentialCache(
             self.client.exchange,

@@ -60,6 +60,7 @@ class ProxySettings:
     admin: tuple[str, int] = DEFAULT_ADMIN
     ca_dir: Path = DEFAULT_CA_DIR
     upstream_ca_file: Path | None = None
+    control_plane_ca: str | None = None
     pod_name: str = "unknown"
     version: str = VERSION
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -97,6 +98,7 @@ class ProxySettings:
                 admin=parse_hostport(ns.admin, "admin"),
                 ca_dir=Path(ns.ca_dir),
                 upstream_ca_file=Path(ns.upstream_ca) if ns.upstream_ca else None,
+                control_plane_ca=ns.control_plane_ca or None,
                 pod_name=ns.pod_name,
                 connect_timeout=float(ns.connect_timeout),
                 response_timeout=float(ns.response_timeout),
@@ -124,6 +126,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     flag("admin", f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", "admin listen address (health, metrics, quit)")
     flag("ca-dir", str(DEFAULT_CA_DIR), "directory of the pod CA (created when missing)")
     flag("upstream-ca", "", "extra PEM roots trusted for upstream TLS, beside the system roots")
+    flag("control-plane-ca", "", "PEM text or file of the CA that signed the control plane's certificate")
     flag("pod-name", env.get("HOSTNAME", "unknown"), "pod name reported in heartbeats")
     flag("connect-timeout", DEFAULT_CONNECT_TIMEOUT, "upstream connect timeout, seconds")
     flag("response-timeout", DEFAULT_RESPONSE_TIMEOUT, "wait for an upstream response head, seconds")

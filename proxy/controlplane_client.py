@@ -1,21 +1,28 @@
-"""The proxy's client for the control plane's proxy-facing API (routes, token exchange, fleet reports)."""
+"""The proxy's client for the control plane's proxy-facing API (routes, token exchange, fleet reports).
+
+It speaks HTTP/1.1 with the proxy's own wire code and a keep-alive pool rather than aiohttp: that
+client alone costs ~12 MB of RSS per pod, a third of the proxy's memory budget.
+"""
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import json
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
-from proxy.errors import ApprovalPending, CredentialUnavailable, Denied
+from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, ProxyError
 from proxy.identity import TokenFile
+from proxy.pool import Destination, UpstreamPool
+from proxy.wire import Body, parse_response, read_body, read_head, serialize_head
 
 __all__ = ["DEFAULT_CP_TIMEOUT", "JWT_TOKEN_TYPE", "ControlPlaneClient"]
 
 DEFAULT_CP_TIMEOUT = 5.0
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _DENIALS = {"policy_denied", "workload_revoked", "unknown_workload", "unknown_target"}
-log = logging.getLogger("sesame.proxy.controlplane")
 
 
 class ControlPlaneClient:
@@ -25,35 +32,40 @@ class ControlPlaneClient:
     cached credential may keep serving; definitive refusals raise Denied / ApprovalPending.
     """
 
-    def __init__(self, base_url: str, token: TokenFile, *, timeout: float = DEFAULT_CP_TIMEOUT) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenFile,
+        *,
+        timeout: float = DEFAULT_CP_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"invalid control plane URL {base_url!r}")
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
         self.token = token
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._prefix = url.path.rstrip("/")
+        self._host_header = url.netloc
+        self._timeout = timeout
+        ctx = (ssl_context or ssl.create_default_context()) if tls else None
+        self._dest = Destination(url.hostname, port, ctx, url.hostname)
+        self._pool = UpstreamPool(connect_timeout=timeout, idle_timeout=30.0, max_idle_per_upstream=4)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
-        return self._session
-
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token.read()}"}
+    def _auth(self) -> list[tuple[str, str]]:
+        return [("Authorization", f"Bearer {self.token.read()}")]
 
     async def get_routes(self, etag: str | None) -> tuple[list[dict], str | None, int] | None:
         """(routes, etag, refresh_seconds), or None when unchanged (304)."""
-        headers = self._auth()
-        if etag:
-            headers["If-None-Match"] = etag
-        status, body, resp_headers = await self._call("GET", "/v1/proxy/routes", headers=headers)
+        headers = self._auth() + ([("If-None-Match", etag)] if etag else [])
+        status, resp_headers, body = await self._call("GET", "/v1/proxy/routes", headers)
         if status == 304:
             return None
         if status != 200 or not isinstance(body, dict):
             raise CredentialUnavailable(f"route refresh failed: {_describe(status, body)}")
-        return (
-            list(body.get("routes") or []),
-            resp_headers.get("ETag"),
-            int(body.get("refresh_seconds") or 30),
-        )
+        etag = next((v for n, v in resp_headers if n.lower() == "etag"), None)
+        return list(body.get("routes") or []), etag, int(body.get("refresh_seconds") or 30)
 
     async def exchange(self, audience: str) -> tuple[str, float]:
         """RFC 8693 exchange of the SA token for the target's credential → (access_token, expires_in)."""
@@ -62,7 +74,7 @@ class ControlPlaneClient:
             "subject_token_type": JWT_TOKEN_TYPE,
             "audience": audience,
         }
-        status, body, _ = await self._call("POST", "/v1/token-exchange", json=payload)
+        status, _, body = await self._call("POST", "/v1/token-exchange", [], payload)
         if status == 200 and isinstance(body, dict) and body.get("access_token"):
             return str(body["access_token"]), float(body.get("expires_in") or 60)
         code = body.get("error") if isinstance(body, dict) else None
@@ -80,25 +92,58 @@ class ControlPlaneClient:
         await self._report("/v1/proxy/observations", batch)
 
     async def _report(self, path: str, payload: Any) -> None:
-        status, body, _ = await self._call("POST", path, json=payload, headers=self._auth())
+        status, _, body = await self._call("POST", path, self._auth(), payload)
         if status >= 300:
             raise CredentialUnavailable(f"{path} failed: {_describe(status, body)}")
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        try:
-            async with self._http().request(method, self.base_url + path, **kwargs) as resp:
-                body: Any = None
-                if resp.content_type == "application/json":
-                    body = await resp.json()
-                else:
-                    await resp.read()
-                return resp.status, body, resp.headers
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise CredentialUnavailable(f"control plane unreachable: {type(exc).__name__}") from exc
+    async def _call(
+        self, method: str, path: str, headers: list[tuple[str, str]], payload: Any = None
+    ) -> tuple[int, list[tuple[str, str]], Any]:
+        data = json.dumps(payload).encode() if payload is not None else b""
+        head = [("Host", self._host_header), ("Accept", "application/json"), *headers]
+        if payload is not None:
+            head += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        request = serialize_head(f"{method} {self._prefix}{path} HTTP/1.1", head) + data
+        for attempt in (1, 2):
+            try:
+                conn, reused = await self._pool.acquire(self._dest)
+            except ProxyError as exc:
+                raise CredentialUnavailable(f"control plane unreachable: {exc.message}") from exc
+            try:
+                async with asyncio.timeout(self._timeout):
+                    conn.writer.write(request)
+                    raw = await read_head(conn.reader, CredentialUnavailable)
+                    if raw is None:
+                        raise ConnectionResetError("closed before a response")
+                    resp = parse_response(raw, method)
+                    body = await read_body(resp.body, resp.length, conn.reader, MAX_RESPONSE_BYTES)
+            except (
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                TimeoutError,
+                ProxyError,
+            ) as exc:
+                conn.close()
+                if reused and attempt == 1 and isinstance(exc, ConnectionError | asyncio.IncompleteReadError):
+                    continue  # a pooled connection the control plane had closed
+                raise CredentialUnavailable(f"control plane unreachable: {type(exc).__name__}") from exc
+            if resp.keep_alive and resp.body != Body.CLOSE:
+                self._pool.release(conn)
+            else:
+                conn.close()
+            content_type = next((v for n, v in resp.headers if n.lower() == "content-type"), "")
+            parsed: Any = None
+            if body and content_type.startswith("application/json"):
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = None
+            return resp.status, resp.headers, parsed
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
 
 def _describe(status: int, body: Any) -> str:

@@ -108,11 +108,15 @@ class Forwarder:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin
     ) -> Request | None:
         """Serve requests until the connection ends; a CONNECT request (explicit mode) is handed back."""
-        req = None
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                async with asyncio.timeout(self._client_idle_timeout):
+                # a timer handle per request is much cheaper than an asyncio.timeout() context
+                idle = loop.call_later(self._client_idle_timeout, writer.transport.abort)
+                try:
                     raw = await read_head(reader)
+                finally:
+                    idle.cancel()
                 if raw is None:
                     return None
                 req = parse_request(raw)
@@ -243,36 +247,45 @@ class Forwarder:
     ) -> Response:
         """The final response head (interim 1xx heads are relayed); timed from the end of the body."""
         loop = asyncio.get_running_loop()
+        expired = False
+        timer: asyncio.TimerHandle | None = None
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            conn.close()
+
+        def arm(_task: object = None) -> None:
+            nonlocal timer
+            timer = loop.call_later(self._response_timeout, expire)
+
+        if pump is None:
+            arm()
+        else:
+            pump.add_done_callback(arm)
         try:
-            async with asyncio.timeout(None) as timer:
-
-                def arm(_task: object = None) -> None:
-                    if not timer.expired():
-                        timer.reschedule(loop.time() + self._response_timeout)
-
-                if pump is None:
-                    arm()
-                else:
-                    pump.add_done_callback(arm)
-                try:
-                    while True:
-                        raw = await read_head(conn.reader, UpstreamProtocolError)
-                        if raw is None:
-                            raise _UpstreamClosed("the upstream closed the connection without a response")
-                        resp = parse_response(raw, req.method)
-                        if resp.status >= 200 or resp.status == 101:
-                            return resp
-                        if req.version == "HTTP/1.1":
-                            cwriter.write(raw)
-                finally:
-                    if pump is not None:
-                        pump.remove_done_callback(arm)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"no response from the upstream within {self._response_timeout:g}s"
-            ) from exc
-        except (ConnectionError, OSError) as exc:
-            raise _UpstreamClosed(f"the upstream connection failed ({type(exc).__name__})") from exc
+            while True:
+                raw = await read_head(conn.reader, UpstreamProtocolError)
+                if raw is None:
+                    raise ConnectionResetError("closed")
+                resp = parse_response(raw, req.method)
+                if resp.status >= 200 or resp.status == 101:
+                    return resp
+                if req.version == "HTTP/1.1":
+                    cwriter.write(raw)
+        except (ConnectionError, OSError, UpstreamProtocolError) as exc:
+            if expired:
+                raise UpstreamTimeout(
+                    f"no response from the upstream within {self._response_timeout:g}s"
+                ) from exc
+            if isinstance(exc, UpstreamProtocolError):
+                raise
+            raise _UpstreamClosed(f"the upstream closed the connection without a response ({exc})") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if pump is not None:
+                pump.remove_done_callback(arm)
 
     async def _respond(
         self,
@@ -297,9 +310,9 @@ class Forwarder:
             return False
         client_keep = req.keep_alive and resp.body != Body.CLOSE
         close = "" if client_keep else "Connection: close\r\n"
-        cwriter.write(serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close))
+        head = serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
         try:
-            await relay_body(resp.body, resp.length, conn.reader, cwriter)
+            await relay_body(resp.body, resp.length, conn.reader, cwriter, head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProxyError, ConnectionError, OSError):
             conn.close()
             if pump is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "TRUSTSTORE_PASSWORD",
     "LeafCertificates",
     "UpstreamTLS",
+    "client_context",
     "init_pod_ca",
     "load_pod_ca",
     "system_roots_file",
@@ -86,6 +87,16 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def client_context(ca: str | None = None) -> ssl.SSLContext:
+    """Verification against the system roots plus `ca` (PEM text or a PEM file path)."""
+    ctx = ssl.create_default_context(cafile=system_roots_file())
+    if ca and ca.lstrip().startswith("-----BEGIN"):
+        ctx.load_verify_locations(cadata=ca)
+    elif ca:
+        ctx.load_verify_locations(cafile=ca)
+    return ctx
+
+
 class LeafCertificates:
     """Server-side SSLContexts for governed hosts, one per host, signed by the pod CA and cached.
 
@@ -135,24 +146,19 @@ class LeafCertificates:
 
 
 class UpstreamTLS:
-    """Client-side SSLContexts: system roots (+ an optional extra CA file), or a route's own CA."""
+    """Client-side SSLContexts for upstreams (ALPN http/1.1): system roots + an optional extra CA file,
+    or a route's own CA."""
 
     def __init__(self, extra_ca_file: Path | None = None) -> None:
-        self.default = self._new_context(cafile=system_roots_file())
-        if extra_ca_file is not None:
-            self.default.load_verify_locations(cafile=str(extra_ca_file))
+        self.default = client_context(str(extra_ca_file) if extra_ca_file else None)
+        self.default.set_alpn_protocols(ALPN)
         self._by_ca: dict[str, ssl.SSLContext] = {}
-
-    @staticmethod
-    def _new_context(**kwargs: str) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(**kwargs)
-        ctx.set_alpn_protocols(ALPN)
-        return ctx
 
     def context(self, ca_pem: str | None = None) -> ssl.SSLContext:
         if not ca_pem:
             return self.default
         ctx = self._by_ca.get(ca_pem)
         if ctx is None:
-            ctx = self._by_ca[ca_pem] = self._new_context(cadata=ca_pem)
+            ctx = self._by_ca[ca_pem] = client_context(ca_pem)
+            ctx.set_alpn_protocols(ALPN)
         return ctx

@@ -17,6 +17,7 @@ __all__ = [
     "error_response",
     "parse_request",
     "parse_response",
+    "read_body",
     "read_head",
     "relay_body",
     "serialize_head",
@@ -179,13 +180,18 @@ def error_response(exc: ProxyError, *, keep_alive: bool) -> bytes:
     return head.encode() + body
 
 
-async def _relay_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+async def _relay_length(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int, first: bytes = b""
+) -> None:
+    """Copy n bytes; `first` (a message head) goes out in the same send as the first chunk."""
     while n > 0:
         data = await reader.read(min(n, CHUNK))
         if not data:
             raise asyncio.IncompleteReadError(b"", n)
-        writer.write(data)
         n -= len(data)
+        if first:
+            data, first = first + data, b""
+        writer.write(data)
         await writer.drain()
 
 
@@ -213,15 +219,42 @@ async def _relay_close(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 async def relay_body(
-    body: int, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    body: int, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes = b""
 ) -> None:
-    """Stream one body from reader to writer in its own framing; memory stays at one chunk."""
+    """Stream one body (after `head`) from reader to writer in its own framing; one chunk in memory."""
     if body == Body.LENGTH:
-        await _relay_length(reader, writer, length)
-    elif body == Body.CHUNKED:
+        await _relay_length(reader, writer, length, head)
+        return
+    if head:
+        writer.write(head)
+    if body == Body.CHUNKED:
         await _relay_chunked(reader, writer)
     elif body == Body.CLOSE:
         await _relay_close(reader, writer)
+
+
+async def read_body(body: int, length: int, reader: asyncio.StreamReader, limit: int) -> bytes:
+    """A whole (small) body in memory, for the proxy's own control-plane calls; at most `limit` bytes."""
+    if body == Body.LENGTH:
+        if length > limit:
+            raise UpstreamProtocolError(f"body larger than {limit} bytes")
+        return await reader.readexactly(length)
+    if body == Body.CLOSE:
+        return await reader.read(limit)
+    if body == Body.NONE:
+        return b""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+        total += size
+        if total > limit:
+            raise UpstreamProtocolError(f"body larger than {limit} bytes")
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return b"".join(parts)
+        parts.append((await reader.readexactly(size + 2))[:-2])
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

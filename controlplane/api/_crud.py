@@ -18,7 +18,7 @@ from controlplane.ids import new_id
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import Permission
 from controlplane.routes import Route
-from controlplane.store.sqlite.registry import id_prefix
+from controlplane.store.sql.registry import id_prefix
 from controlplane.validation import Obj, Spec
 
 __all__ = ["Resource", "crud_routes", "fetch"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -19,9 +20,10 @@ from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
 from controlplane.routes import Route
 from controlplane.validation import Int, Obj, Str
 
-__all__ = ["EXPORT_MAX_ROWS", "ROUTES"]
+__all__ = ["EXPORT_MAX_ROWS", "NEXT_CURSOR_HEADER", "ROUTES"]
 
 EXPORT_MAX_ROWS = 50_000
+NEXT_CURSOR_HEADER = "X-Next-Cursor"  # set on an export cut short by `limit`; pass back as `cursor`
 EXPORT_COLUMNS = (
     "id",
     "timestamp",
@@ -52,6 +54,9 @@ EXPORT_QUERY = Obj(
         **_FILTERS,
         "format": Str(choices=("json", "csv"), default="json"),
         "limit": Int(min=1, max=EXPORT_MAX_ROWS, default=EXPORT_MAX_ROWS),
+        "cursor": Str(
+            required=False, max_len=200, description=f"the {NEXT_CURSOR_HEADER} of the previous export"
+        ),
     }
 )
 PRUNE_IN = Obj({"days": Int(min=1, max=36500, description="delete events older than this many days")})
@@ -89,19 +94,45 @@ async def list_audit(request: web.Request) -> web.Response:
     return page_response(page, key="events")
 
 
+def _encode_export_cursor(key: tuple[str, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"t": key[0], "s": key[1]}).encode()).decode().rstrip("=")
+
+
+def _decode_export_cursor(cursor: str | None) -> tuple[str, int] | None:
+    """The (timestamp, seq) an export continues after; 400 invalid_request (field `cursor`) if malformed."""
+    if cursor is None:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii")))
+        ts, seq = data["t"], data["s"]
+        if not isinstance(ts, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError
+        return ts, seq
+    except (ValueError, KeyError, TypeError, UnicodeError):
+        raise InvalidRequest("cursor is not valid", field="cursor") from None
+
+
 async def export_audit(request: web.Request) -> web.StreamResponse:
-    """Stream up to 50k events oldest first from `since`; page on with since = last timestamp."""
+    """Stream up to `limit` events in (timestamp, seq) order, each exactly once.
+
+    When more remain, the `X-Next-Cursor` header names where the next export (`cursor=`) goes on.
+    """
     query = request[QUERY]
     filters, since, until = _filters(query)
+    after = _decode_export_cursor(query.get("cursor"))
     fmt = query["format"]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",
-            "Content-Disposition": f'attachment; filename="sesame-audit.{fmt}"',
-        }
-    )
+    audit = request.app[STORE].audit
+    window = {"filters": filters, "since": since, "until": until, "limit": query["limit"], "after": after}
+    through, more = await audit.export_end(**window)
+    headers = {
+        "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+        "Content-Disposition": f'attachment; filename="sesame-audit.{fmt}"',
+    }
+    if more and through is not None:
+        headers[NEXT_CURSOR_HEADER] = _encode_export_cursor(through)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    rows = request.app[STORE].audit.export(filters=filters, since=since, until=until, limit=query["limit"])
+    rows = audit.export(**window, through=through)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -149,7 +180,7 @@ ROUTES = [
         "/v1/audit/export",
         export_audit,
         AUDIT_READ,
-        "Export up to 50k events (json or csv)",
+        "Export up to 50k events (json or csv); X-Next-Cursor continues",
         query=EXPORT_QUERY,
     ),
     Route(

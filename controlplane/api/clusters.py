@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiohttp import web
+
 from controlplane.api._crud import Resource, crud_routes
+from controlplane.appkeys import CONFIG
 from controlplane.permissions import CLUSTERS_READ, CLUSTERS_WRITE
 from controlplane.validation import Obj, Str
 
 __all__ = ["CLUSTER_IN", "ROUTES"]
 
 URL = r"https?://[^\s/?#]+[^\s]*"
-DEFAULT_AUDIENCE = "sesame"
 
 CLUSTER_IN = Obj(
     {
         "name": Str(max_len=100, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*"),
         "issuer": Str(max_len=2048, description="the `iss` of the cluster's service account tokens"),
         "jwks_uri": Str(required=False, max_len=2048, pattern=URL, description="default: OIDC discovery"),
-        "audience": Str(max_len=256, default=DEFAULT_AUDIENCE, description="required `aud` of SA tokens"),
+        "audience": Str(
+            required=False, max_len=256, description="required `aud` of SA tokens (default SESAME_AUDIENCE)"
+        ),
         "verification": Str(choices=("jwks", "tokenreview"), default="jwks"),
         "api_server": Str(required=False, max_len=2048, pattern=URL, description="for TokenReview"),
         "ca_pem": Str(required=False, max_len=65536, description="CA bundle for jwks_uri / api_server"),
     }
 )
+
+
+
+async def _default_audience(
+    request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
+) -> tuple[dict[str, Any], bytes | None]:
+    """A new cluster without an audience gets the configured one (`sesame` unless SESAME_AUDIENCE)."""
+    if current is None and not body.get("audience"):
+        body = {**body, "audience": request.app[CONFIG].exchange.audience}
+    return body, None
+
 
 ROUTES = crud_routes(
     Resource(
@@ -32,6 +49,7 @@ ROUTES = crud_routes(
         patch=CLUSTER_IN.partial(),
         read=CLUSTERS_READ,
         write=CLUSTERS_WRITE,
+        prepare=_default_audience,
         filters={"name": Str(required=False, max_len=100), "issuer": Str(required=False, max_len=2048)},
     )
 )

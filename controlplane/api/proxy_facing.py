@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.appkeys import CLOCK, QUERY
+from controlplane.appkeys import CLOCK, CONFIG, QUERY
 from controlplane.attest import InvalidSubjectToken
 from controlplane.errors import InvalidRequest, SesameError
-from controlplane.exchange_services import EXCHANGE, EXCHANGE_SETTINGS
+from controlplane.exchange_services import EXCHANGE
 from controlplane.http import audit_event, cursor_seq, json_response, now_ts, page_response
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import Permission, Role
@@ -91,7 +91,7 @@ async def proxy_routes(request: web.Request) -> web.StreamResponse:
     routes = await governed_routes(
         request.app[EXCHANGE].store, workload_id=caller.workload["id"], now=request.app[CLOCK].time()
     )
-    body = {"routes": routes, "refresh_seconds": request.app[EXCHANGE_SETTINGS].routes_refresh_seconds}
+    body = {"routes": routes, "refresh_seconds": request.app[CONFIG].exchange.routes_refresh_seconds}
     etag = '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:

@@ -1,7 +1,7 @@
-"""Storage: one `Store` interface, backends under `store/<backend>/`.
+"""Storage: one `Store` interface, two backends sharing their SQL (`store/sql/`).
 
-Only SQLite exists today (`SqliteStore`); a PostgreSQL backend would implement the same
-Protocols in `store/postgres/` and be chosen by `open_store`.
+`SqliteStore` (a file; the embedded default) and `PostgresStore` (a `postgresql://` DSN; several
+replicas share it). `new_store(location)` picks one; the PostgreSQL driver is imported only then.
 """
 
 from __future__ import annotations
@@ -9,11 +9,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from controlplane.store.base import ApiKey, ApiKeyStore, AuditStore, RegistryStore, Store
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store.dsn import is_postgres_dsn, redact_dsn
+from controlplane.store.sql import SqlStore
+from controlplane.store.sqlite.store import SqliteStore
 
-__all__ = ["ApiKey", "ApiKeyStore", "AuditStore", "RegistryStore", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "ApiKey",
+    "ApiKeyStore",
+    "AuditStore",
+    "RegistryStore",
+    "SqlStore",
+    "SqliteStore",
+    "Store",
+    "is_postgres_dsn",
+    "new_store",
+    "open_store",
+    "redact_dsn",
+]
 
 
-async def open_store(path: Path) -> SqliteStore:
-    """Open (and migrate) the store at `path`."""
-    return await SqliteStore.open(path)
+def new_store(location: Path | str) -> SqlStore:
+    """An unopened store for a SQLite path or a `postgresql://` DSN (call `start()`)."""
+    if isinstance(location, str) and is_postgres_dsn(location):
+        from controlplane.store.postgres import PostgresStore
+
+        return PostgresStore(location)
+    return SqliteStore(Path(location))
+
+
+async def open_store(location: Path | str) -> SqlStore:
+    """Open (and migrate) the store at `location`."""
+    store = new_store(location)
+    await store.start()
+    return store

@@ -1,4 +1,4 @@
-"""The storage interface the control plane codes against (SQLite today; PostgreSQL later).
+"""The storage interface the control plane codes against (SQLite or PostgreSQL).
 
 A store groups repositories by domain: `store.registry`, `store.api_keys`, `store.audit`.
 Add a repository for new tables the same way (a Protocol here, an implementation per backend).
@@ -6,7 +6,7 @@ Add a repository for new tables the same way (a Protocol here, an implementation
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -75,7 +75,13 @@ class ApiKeyStore(Protocol):
 
 
 class AuditStore(Protocol):
-    async def append(self, rows: list[dict[str, Any]], *, head: str) -> None: ...
+    async def append(
+        self, rows: list[dict[str, Any]], *, link: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Chain rows onto the stored head (`link(head, rows)` adds prev_hash/hash) and insert them,
+        atomically and serialised with every other writer of the same database."""
+        ...
+
     async def head(self) -> str: ...
     async def anchor(self) -> str: ...
     async def list(
@@ -87,8 +93,24 @@ class AuditStore(Protocol):
         limit: int,
         before_seq: int | None = None,
     ) -> Page: ...
+    async def export_end(
+        self,
+        *,
+        filters: dict[str, Any],
+        since: str | None,
+        until: str | None,
+        limit: int,
+        after: tuple[str, int] | None = None,
+    ) -> tuple[tuple[str, int] | None, bool]: ...
     def export(
-        self, *, filters: dict[str, Any], since: str | None, until: str | None, limit: int
+        self,
+        *,
+        filters: dict[str, Any],
+        since: str | None,
+        until: str | None,
+        limit: int,
+        after: tuple[str, int] | None = None,
+        through: tuple[str, int] | None = None,
     ) -> AsyncIterator[dict[str, Any]]: ...
     def chain(self) -> AsyncIterator[dict[str, Any]]: ...
     async def prune(self, *, before: str) -> int: ...

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from controlplane.clock import FakeClock
 from devkit.controlplane_server import ControlPlane, running_control_plane
+from devkit.postgres_server import PostgresServer, PostgresUnavailable, postgres_server
 
 # High enough that ordinary tests never meet the limit; test_rate_limit uses the default.
 TEST_RATE_LIMIT = 100_000
@@ -50,3 +54,38 @@ def workload_body(name: str = "inventory-service", namespace: str = "production"
         "name": name,
         "attestation": {"type": "kubernetes-service-account", "namespace": namespace, "service_account": sa},
     }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (skipped only when no server binaries exist)."""
+    try:
+        server = postgres_server()
+        pg = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield pg
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+async def pg_dsn(postgres) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's server."""
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(postgres.dsn("postgres"))
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield postgres.dsn(name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_config(request, tmp_path) -> dict[str, Any]:
+    """Config fields selecting a fresh database of each backend (`running_control_plane(**db_config)`)."""
+    if request.param == "sqlite":
+        return {"db_path": tmp_path / "cp.db"}
+    return {"db_path": tmp_path / "unused.db", "db_dsn": request.getfixturevalue("pg_dsn")}

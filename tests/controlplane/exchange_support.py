@@ -24,7 +24,7 @@ from controlplane.app import create_app
 from controlplane.appkeys import API_KEYS
 from controlplane.clock import FakeClock
 from controlplane.config import Config
-from controlplane.exchange_services import EXCHANGE_SETTINGS, ExchangeSettings
+from controlplane.exchange_settings import ExchangeSettings
 from controlplane.permissions import Role
 from devkit.issuer import ClusterIssuer
 
@@ -148,10 +148,13 @@ async def exchange_env(tmp_path: Path, settings: ExchangeSettings) -> AsyncItera
     clock = FakeClock()
     async with ClusterIssuer(clock=clock.time) as issuer:
         config = Config(
-            db_path=tmp_path / "cp.db", listen_port=0, kek=b"k" * 32, rate_limit_per_minute=100_000
+            db_path=tmp_path / "cp.db",
+            listen_port=0,
+            kek=b"k" * 32,
+            rate_limit_per_minute=100_000,
+            exchange=settings,
         )
         app = create_app(config, clock=clock)
-        app[EXCHANGE_SETTINGS] = settings
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         try:

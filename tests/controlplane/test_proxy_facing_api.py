@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controlplane.exchange_services import ExchangeSettings
+from controlplane.exchange_settings import ExchangeSettings
 from tests.controlplane.exchange_support import Env, allow, exchange_env
 
 
@@ -21,18 +21,20 @@ def sa(env: Env, **kwargs) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.token(**kwargs)}"}
 
 
-async def test_routes_list_allowed_targets_with_their_injection(env: Env) -> None:
+async def test_routes_list_allowed_and_approval_gated_targets_but_not_denied_ones(env: Env) -> None:
     await allow(env)
-    hidden = await env.create("/v1/targets", {"name": "gated", "host": "gated.example"})
-    await env.create(
-        "/v1/policies",
-        {
-            "workload_id": env.workload_id,
-            "target_id": hidden["id"],
-            "provider_id": env.provider_id,
-            "effect": "require_approval",
-        },
-    )
+    gated = await env.create("/v1/targets", {"name": "gated", "host": "gated.example"})
+    denied = await env.create("/v1/targets", {"name": "denied", "host": "denied.example"})
+    for target, effect in ((gated, "require_approval"), (denied, "deny")):
+        await env.create(
+            "/v1/policies",
+            {
+                "workload_id": env.workload_id,
+                "target_id": target["id"],
+                "provider_id": env.provider_id,
+                "effect": effect,
+            },
+        )
     resp = await env.http.get("/v1/proxy/routes", headers=sa(env))
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -47,7 +49,19 @@ async def test_routes_list_allowed_targets_with_their_injection(env: Env) -> Non
             "tls": "intercept",
             "audience": "https://api.example",
             "injection": {"type": "bearer", "name": None, "prefix": None},
-        }
+            "approval": None,
+        },
+        {
+            "target_id": gated["id"],
+            "name": "gated",
+            "host": "gated.example",
+            "port": 443,
+            "scheme": "https",
+            "tls": "intercept",
+            "audience": gated["audience"],
+            "injection": {"type": "bearer", "name": None, "prefix": None},
+            "approval": "required",
+        },
     ]
 
 
@@ -77,13 +91,33 @@ async def test_wildcard_policy_and_approval_grant_routes(env: Env) -> None:
         "/v1/policies",
         {"workload_id": env.workload_id, "provider_id": env.provider_id, "effect": "require_approval"},
     )
-    assert (await env.http.get("/v1/proxy/routes", headers=sa(env))).json()["routes"] == []
+
+    async def routes() -> list[tuple[str, int, str | None, str | None]]:
+        listed = (await env.http.get("/v1/proxy/routes", headers=sa(env))).json()["routes"]
+        return [(r["host"], r["port"], r["injection"]["name"], r["approval"]) for r in listed]
+
+    # Gated targets are governed before anyone asks: the proxy must not pass their traffic through.
+    assert await routes() == [
+        ("api.example", 443, None, "required"),
+        ("other.example", 8443, "X-Api-Key", "required"),
+    ]
     pending = await env.exchange(audience=other["audience"])
     assert pending.status_code == 202
+    assert await routes() == [
+        ("api.example", 443, None, "required"),
+        ("other.example", 8443, "X-Api-Key", "required"),
+    ]
     await env.admin.post(f"/v1/approvals/{pending.json()['approval_id']}/approve")
-    routes = (await env.http.get("/v1/proxy/routes", headers=sa(env))).json()["routes"]
-    assert [(r["host"], r["port"], r["injection"]["name"]) for r in routes] == [
-        ("other.example", 8443, "X-Api-Key")
+    assert await routes() == [
+        ("api.example", 443, None, "required"),
+        ("other.example", 8443, "X-Api-Key", "approved"),
+    ]
+    refused = await env.exchange()  # api.example: its approval is denied, it stays listed, fail closed
+    await env.admin.post(f"/v1/approvals/{refused.json()['approval_id']}/deny")
+    assert (await env.exchange()).json()["error"] == "policy_denied"
+    assert await routes() == [
+        ("api.example", 443, None, "required"),
+        ("other.example", 8443, "X-Api-Key", "approved"),
     ]
 
 

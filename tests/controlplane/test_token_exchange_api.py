@@ -15,7 +15,7 @@ from controlplane.app import create_app
 from controlplane.appkeys import API_KEYS
 from controlplane.clock import FakeClock
 from controlplane.config import Config
-from controlplane.exchange_services import EXCHANGE_SETTINGS, ExchangeSettings
+from controlplane.exchange_settings import ExchangeSettings
 from controlplane.permissions import Role
 from devkit.issuer import ClusterIssuer
 from tests.controlplane.exchange_support import (
@@ -271,9 +271,13 @@ async def test_tokenreview_cluster_through_the_real_kubernetes_client(tmp_path) 
         kubeconfig = issuer.write_kubeconfig(tmp_path / "kubeconfig")
         from controlplane.attest import TokenReviewSettings
 
-        config = Config(db_path=tmp_path / "cp.db", listen_port=0, kek=b"k" * 32)
+        config = Config(
+            db_path=tmp_path / "cp.db",
+            listen_port=0,
+            kek=b"k" * 32,
+            exchange=ExchangeSettings(tokenreview=TokenReviewSettings(kubeconfig=str(kubeconfig))),
+        )
         app = create_app(config, clock=clock)
-        app[EXCHANGE_SETTINGS] = ExchangeSettings(tokenreview=TokenReviewSettings(kubeconfig=str(kubeconfig)))
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         try:

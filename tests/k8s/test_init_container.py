@@ -200,3 +200,24 @@ def test_failing_rules_make_init_fail(netns_pair: NetnsPair):
         )
     assert proc.returncode == 1, proc.stderr
     assert "netfilter_failed" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["transparent", "explicit"])
+def test_the_webhooks_init_container_args_parse_as_intended(mode):
+    """Contract between controlplane.injector_spec (writes the args) and this module (reads them)."""
+    from controlplane.injector_spec import InjectorSettings, init_container
+
+    spec = init_container(
+        InjectorSettings(control_plane_url="https://sesame.sesame-system.svc:443"),
+        mode=mode,
+        exclude_cidrs=("10.96.0.0/12",),
+        exclude_ports=(5432,),
+    )
+    assert spec["command"] == ["sesame-proxy"] and spec["args"][0] == "init"
+    settings = settings_of(spec["args"][1:])
+    assert settings.mode == mode and settings.backend == "auto"
+    assert settings.redirect.proxy_port == 15001 and settings.redirect.proxy_uid == 1337
+    assert settings.redirect.exclude_cidrs == ("10.96.0.0/12",) and settings.redirect.exclude_ports == (5432,)
+    assert settings.control_plane == "https://sesame.sesame-system.svc:443"
+    mounts = {m["mountPath"] for m in spec["volumeMounts"]}
+    assert {str(settings.ca_dir), str(settings.trust_dir)} == mounts

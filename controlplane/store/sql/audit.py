@@ -1,20 +1,23 @@
-"""The audit log table: appends in batches, filtered pages, export streams, prune, chain walk.
+"""The audit log table (either backend): chained appends, filtered pages, keyset exports, prune.
 
-Hashing is the audit module's job; this module only stores `prev_hash`/`hash` and keeps two meta
-values: `audit_head` (hash of the newest row) and `audit_anchor` (prev_hash expected of the oldest
-row, which changes when old rows are pruned).
+Hashing is the audit module's job (the `link` callback); this module stores `prev_hash`/`hash`
+and two meta values: `audit_head` (hash of the newest row) and `audit_anchor` (prev_hash expected
+of the oldest row, which changes when old rows are pruned). Appends and prunes take `AUDIT_LOCK`
+and read the head inside their transaction, so replicas sharing one database extend one chain.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from controlplane.pagination import Page
-from controlplane.store.sqlite.db import Database
+from controlplane.store.sql.database import AUDIT_LOCK, Database
 
-__all__ = ["AUDIT_FIELDS", "GENESIS", "SqliteAudit"]
+__all__ = ["AUDIT_FIELDS", "DEFAULT_EXPORT_BATCH", "GENESIS", "ExportKey", "Link", "SqlAudit"]
+
+DEFAULT_EXPORT_BATCH = 1000  # rows per internal keyset page of an export or chain walk
 
 GENESIS = "0" * 64
 AUDIT_FIELDS = (
@@ -33,23 +36,28 @@ AUDIT_FIELDS = (
 )
 _FILTERS = {"workload_id", "target_service", "type", "actor", "correlation_id"}
 _SELECT = "seq, " + ", ".join(AUDIT_FIELDS) + ", prev_hash, hash"
+_COLS = (*AUDIT_FIELDS, "prev_hash", "hash")
+_INSERT = f"INSERT INTO audit_events ({', '.join(_COLS)}) VALUES ({', '.join('?' for _ in _COLS)})"
+_SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+
+ExportKey = tuple[str, int]  # (ts, seq): the order exports walk and their cursors name
+Link = Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]]  # (head, rows) -> chained rows
 
 
-class SqliteAudit:
-    def __init__(self, db: Database) -> None:
+class SqlAudit:
+    def __init__(self, db: Database, *, export_batch: int = DEFAULT_EXPORT_BATCH) -> None:
         self._db = db
+        self._batch = export_batch
 
-    async def append(self, rows: list[dict[str, Any]], *, head: str) -> None:
-        """Insert rows (each with every AUDIT_FIELD, prev_hash, hash) and move the head, atomically."""
-        cols = (*AUDIT_FIELDS, "prev_hash", "hash")
-        sql = f"INSERT INTO audit_events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        async with self._db.write() as conn:
-            await conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
-            await conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('audit_head', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (head,),
-            )
+    async def append(self, rows: list[dict[str, Any]], *, link: Link) -> list[dict[str, Any]]:
+        """Chain `rows` onto the stored head with `link` and insert them, in one locked transaction."""
+        async with self._db.write() as tx:
+            await tx.lock(AUDIT_LOCK)
+            head = await tx.fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+            chained = link(head["value"] if head else GENESIS, rows)
+            await tx.executemany(_INSERT, [tuple(r[c] for c in _COLS) for r in chained])
+            await tx.execute(_SET_META, ("audit_head", chained[-1]["hash"]))
+        return chained
 
     async def head(self) -> str:
         return await self._meta("audit_head") or GENESIS
@@ -79,38 +87,78 @@ class SqliteAudit:
         rows = rows[:limit]
         return Page(rows=[_event(r) for r in rows], next_seq=rows[-1]["seq"] if more else None)
 
-    async def export(
-        self, *, filters: dict[str, Any], since: str | None, until: str | None, limit: int
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Oldest first from `since`, at most `limit` rows."""
-        where, params = _where(filters, since, until)
+    async def export_end(
+        self,
+        *,
+        filters: dict[str, Any],
+        since: str | None,
+        until: str | None,
+        limit: int,
+        after: ExportKey | None = None,
+    ) -> tuple[ExportKey | None, bool]:
+        """The key of the `limit`-th row an export would send (None: fewer rows) and whether more follow."""
+        where, params = _where(filters, since, until, after=after)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        async for row in self._db.iterate(
-            f"SELECT {_SELECT} FROM audit_events {clause} ORDER BY seq LIMIT ?", [*params, limit]
-        ):
-            yield _event(row)
+        rows = await self._db.fetchall(
+            f"SELECT ts, seq FROM audit_events {clause} ORDER BY ts, seq LIMIT 2 OFFSET ?",
+            [*params, limit - 1],
+        )
+        if not rows:
+            return None, False
+        return (rows[0]["ts"], rows[0]["seq"]), len(rows) > 1
+
+    async def export(
+        self,
+        *,
+        filters: dict[str, Any],
+        since: str | None,
+        until: str | None,
+        limit: int,
+        after: ExportKey | None = None,
+        through: ExportKey | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """At most `limit` rows in (ts, seq) order, after `after` and up to `through`, each once.
+
+        Walks keyset pages on (ts, seq), so rows sharing a timestamp are neither repeated nor skipped.
+        """
+        left = limit
+        while left > 0:
+            where, params = _where(filters, since, until, after=after, through=through)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            size = min(self._batch, left)
+            rows = await self._db.fetchall(
+                f"SELECT {_SELECT} FROM audit_events {clause} ORDER BY ts, seq LIMIT ?", [*params, size]
+            )
+            for row in rows:
+                yield _event(row)
+            if len(rows) < size:
+                return
+            left -= size
+            after = (rows[-1]["ts"], rows[-1]["seq"])
 
     async def chain(self) -> AsyncIterator[dict[str, Any]]:
         """Every stored row, oldest first, raw (for verification)."""
-        async for row in self._db.iterate(f"SELECT {_SELECT} FROM audit_events ORDER BY seq"):
-            yield row
+        after = 0
+        while True:
+            rows = await self._db.fetchall(
+                f"SELECT {_SELECT} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?", (after, self._batch)
+            )
+            for row in rows:
+                yield row
+            if len(rows) < self._batch:
+                return
+            after = rows[-1]["seq"]
 
     async def prune(self, *, before: str) -> int:
         """Delete rows older than `before`; the oldest survivor's prev_hash becomes the anchor."""
-        async with self._db.write() as conn:
-            cur = await conn.execute("DELETE FROM audit_events WHERE ts < ?", (before,))
-            deleted = cur.rowcount
+        async with self._db.write() as tx:
+            await tx.lock(AUDIT_LOCK)
+            deleted = (await tx.execute("DELETE FROM audit_events WHERE ts < ?", (before,))).rowcount
             if deleted:
-                async with conn.execute("SELECT prev_hash FROM audit_events ORDER BY seq LIMIT 1") as c:
-                    row = await c.fetchone()
+                row = await tx.fetchone("SELECT prev_hash AS value FROM audit_events ORDER BY seq LIMIT 1")
                 if row is None:
-                    async with conn.execute("SELECT value FROM meta WHERE key = 'audit_head'") as c:
-                        row = await c.fetchone()
-                await conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('audit_anchor', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (row[0] if row else GENESIS,),
-                )
+                    row = await tx.fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+                await tx.execute(_SET_META, ("audit_anchor", row["value"] if row else GENESIS))
             return deleted
 
     async def _meta(self, key: str) -> str | None:
@@ -118,7 +166,14 @@ class SqliteAudit:
         return None if row is None else row["value"]
 
 
-def _where(filters: dict[str, Any], since: str | None, until: str | None) -> tuple[list[str], list[Any]]:
+def _where(
+    filters: dict[str, Any],
+    since: str | None,
+    until: str | None,
+    *,
+    after: ExportKey | None = None,
+    through: ExportKey | None = None,
+) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     for col, value in filters.items():
@@ -133,6 +188,12 @@ def _where(filters: dict[str, Any], since: str | None, until: str | None) -> tup
     if until is not None:
         where.append("ts < ?")
         params.append(until)
+    if after is not None:
+        where.append("(ts, seq) > (?, ?)")
+        params.extend(after)
+    if through is not None:
+        where.append("(ts, seq) <= (?, ?)")
+        params.extend(through)
     return where, params
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
