@@ -17,6 +17,7 @@ from controlplane.appkeys import AUDIT, CLOCK, CONFIG, ENVELOPE, METRICS, STORE
 from controlplane.attest import Attestor, ClusterTrust, JwksVerifier, TokenReviewVerifier
 from controlplane.exchange_settings import DEFAULT_ROUTES_REFRESH_SECONDS, ExchangeSettings
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
+from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
 from controlplane.store.sqlite.exchange import SqliteExchange
 from controlplane.token_exchange import TokenExchange
@@ -37,11 +38,11 @@ SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 class _Clusters:
     """The store's clusters as an attestation `ClusterDirectory`."""
 
-    def __init__(self, store: SqliteExchange) -> None:
-        self._store = store
+    def __init__(self, registry: RegistryCache) -> None:
+        self._registry = registry
 
     async def cluster_by_issuer(self, issuer: str) -> ClusterTrust | None:
-        record = await self._store.cluster_by_issuer(issuer)
+        record = await self._registry.cluster_by_issuer(issuer)
         return None if record is None else ClusterTrust.from_record(record)
 
 
@@ -62,16 +63,28 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     jwks = JwksVerifier(settings=settings.jwks, clock=clock)
     tokenreview = TokenReviewVerifier(settings=settings.tokenreview, clock=clock)
     oauth2 = OAuth2ClientCredentialsProvider(clock=clock)
+    registry = RegistryCache(
+        store, envelope=app[ENVELOPE], clock=clock, ttl_seconds=settings.registry_cache_seconds
+    )
+    attestor = Attestor(
+        clusters=_Clusters(registry),
+        jwks=jwks,
+        tokenreview=tokenreview,
+        clock=clock,
+        cache_seconds=settings.attestation_cache_seconds,
+    )
+
+    def registry_changed(kind: str) -> None:
+        registry.invalidate(kind)
+        if kind == "clusters":  # a removed or re-keyed cluster must stop vouching at once
+            attestor.forget()
+
+    app[STORE].registry.listeners.append(registry_changed)
     app[SIGNING_KEYS] = keys
     app[EXCHANGE] = TokenExchange(
         store=store,
-        attestor=Attestor(
-            clusters=_Clusters(store),
-            jwks=jwks,
-            tokenreview=tokenreview,
-            clock=clock,
-            cache_seconds=settings.attestation_cache_seconds,
-        ),
+        registry=registry,
+        attestor=attestor,
         providers={
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,
@@ -87,6 +100,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        app[STORE].registry.listeners.remove(registry_changed)
         await jwks.close()
         await tokenreview.close()
         await oauth2.close()

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.policy import evaluate
+from controlplane.registry_cache import rule_of
 from controlplane.store.sqlite.exchange import SqliteExchange
-from controlplane.token_exchange import approval_of, rule_of
+from controlplane.token_exchange import approval_of
 
 __all__ = ["MAX_APPROVALS_CONSIDERED", "governed_routes", "route_view"]
 

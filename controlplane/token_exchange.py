@@ -19,15 +19,14 @@ from controlplane.errors import SesameError
 from controlplane.exchange_settings import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
 from controlplane.metrics import Metrics
 from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS, Approval, Decision, Rule, evaluate
-from controlplane.provider_secrets import open_secret
 from controlplane.providers import (
-    DEFAULT_MAX_TTL_SECONDS,
     CredentialProvider,
     IssuedCredential,
     MintRequest,
     UpstreamMintFailed,
 )
 from controlplane.ratelimit import RateLimiter
+from controlplane.registry_cache import RegistryCache, rule_of
 from controlplane.store.sqlite.exchange import SqliteExchange
 
 __all__ = [
@@ -92,17 +91,6 @@ class Attested:
     workload: dict[str, Any]
 
 
-def rule_of(record: Mapping[str, Any]) -> Rule:
-    return Rule(
-        id=record["id"],
-        provider_id=record["provider_id"],
-        effect=record["effect"],
-        max_ttl_seconds=int(record.get("max_ttl_seconds") or DEFAULT_MAX_TTL_SECONDS),
-        workload_id=record.get("workload_id"),
-        target_id=record.get("target_id"),
-    )
-
-
 def approval_of(row: Mapping[str, Any]) -> Approval:
     return Approval(
         id=row["id"],
@@ -130,6 +118,7 @@ class TokenExchange:
         self,
         *,
         store: SqliteExchange,
+        registry: RegistryCache,
         attestor: Attestor,
         providers: Mapping[str, CredentialProvider],
         envelope: Envelope,
@@ -140,6 +129,7 @@ class TokenExchange:
         approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS,
     ) -> None:
         self.store = store
+        self.registry = registry
         self._attestor = attestor
         self._providers = providers
         self._envelope = envelope
@@ -155,7 +145,7 @@ class TokenExchange:
         ctx = {} if ctx is None else ctx
         identity = await self._attestor.attest(subject_token)
         ctx["identity"] = identity
-        workload = await self.store.workload_for(
+        workload = await self.registry.workload_for(
             cluster=identity.cluster, namespace=identity.namespace, service_account=identity.service_account
         )
         if workload is None:
@@ -202,7 +192,7 @@ class TokenExchange:
         attested = await self.attest(subject_token, ctx)
         workload_id = attested.workload["id"]
         self._limiter.check(workload_id)
-        target = await self.store.target_by_audience(audience)
+        target = await self.registry.target_by_audience(audience)
         if target is None:
             raise UnknownTarget(f"no target has the audience {audience!r}")
         ctx["target_id"], ctx["target_name"] = target["id"], target["name"]
@@ -227,9 +217,7 @@ class TokenExchange:
         return Exchanged(credential=await self._mint(attested.identity, audience, decision.rule, ctx))
 
     async def _decide(self, workload_id: str, target_id: str) -> Decision:
-        rules = [
-            rule_of(r) for r in await self.store.policies_for(workload_id=workload_id, target_id=target_id)
-        ]
+        rules = await self.registry.rules_for(workload_id=workload_id, target_id=target_id)
         approvals: list[Approval] = []
         if any(r.effect == "require_approval" for r in rules):
             rows = await self.store.approvals_for(workload_id=workload_id, target_id=target_id)
@@ -266,15 +254,14 @@ class TokenExchange:
     async def _mint(
         self, identity: Identity, audience: str, rule: Rule, ctx: dict[str, Any]
     ) -> IssuedCredential:
-        found = await self.store.provider(rule.provider_id)
+        found = await self.registry.provider(rule.provider_id)
         if found is None:
             raise UpstreamMintFailed(f"policy {rule.id} names a credential provider that does not exist")
-        record, sealed = found
+        record, secret = found.record, found.secret
         ctx["provider_id"] = record["id"]
         provider = self._providers.get(record.get("type", ""))
         if provider is None:
             raise UpstreamMintFailed(f"credential provider type {record.get('type')!r} is not supported")
-        secret = open_secret(self._envelope, record["id"], sealed)
         request = MintRequest(
             identity=identity,
             audience=audience,

@@ -53,6 +53,10 @@ class Attestor:
     def _until(self, _key: str, identity: Identity, now: float) -> float:
         return min(identity.expires_at, now + self._cache_seconds)
 
+    def forget(self) -> None:
+        """Drop every verified token (a cluster changed: its tokens must be checked again)."""
+        self._verified.clear()
+
     async def attest(self, token: str) -> Identity:
         """The identity a token proves; a token verified in the last `cache_seconds` is not re-verified."""
         if len(token.encode()) > DEFAULT_MAX_TOKEN_BYTES:

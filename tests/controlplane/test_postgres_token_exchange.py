@@ -6,7 +6,6 @@ Real PostgreSQL server (conftest `postgres`), real control plane on port 0, real
 from __future__ import annotations
 
 import jwt
-import pytest
 
 from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
@@ -100,12 +99,6 @@ async def test_token_exchange_and_proxy_routes_on_postgres(pg_dsn, tmp_path, clo
         assert (await admin.get("/v1/audit/verify")).json()["ok"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/sqlite/exchange.py observe(): PostgreSQL needs"
-    " `count = observations.count + excluded.count` (bare `count` is ambiguous there);"
-    " remove this marker with that one-word fix",
-)
 async def test_observations_accumulate_on_postgres(pg_dsn, tmp_path, clock):
     async with (
         ClusterIssuer(clock=clock.time) as issuer,

@@ -13,9 +13,13 @@ import sqlite3
 from typing import Any
 
 import asyncpg
+import pytest
 
 from controlplane.appkeys import AUDIT
 from controlplane.config import Config
+from controlplane.errors import StartupError
+from controlplane.store import new_store
+from controlplane.store.postgres import PostgresStore
 from controlplane.store.postgres.dialect import placeholders
 from devkit.controlplane_server import running_control_plane
 from tests.controlplane.conftest import TEST_RATE_LIMIT, client_for, new_key, workload_body
@@ -157,3 +161,16 @@ async def test_export_sends_rows_sharing_one_timestamp_exactly_once(db_config, c
         assert len(ids) == 2345 and set(ids) == stored
         bad = await admin.get("/v1/audit/export", params={"cursor": "not-a-cursor"})
         assert bad.status_code == 400 and bad.json()["field"] == "cursor"
+
+
+async def test_postgres_dsn_selects_postgres_and_its_password_is_never_shown(tmp_path):
+    dsn = f"postgresql://sesame:hunter2-pw@/sesame?host={tmp_path}&port=1"
+    config = Config.build({"db": None}, {"SESAME_DB": dsn})
+    assert config.db_dsn == dsn and config.db_location == dsn
+    assert "hunter2-pw" not in repr(config) and "hunter2-pw" not in config.db_label
+    assert Config.build({"db": str(tmp_path / "x.db")}, {"SESAME_DB": dsn}).db_dsn is None  # flag wins
+    store = new_store(dsn)
+    assert isinstance(store, PostgresStore)
+    with pytest.raises(StartupError) as err:
+        await store.start()  # no server on that socket
+    assert "hunter2-pw" not in str(err.value) and "sesame:***@" in str(err.value)

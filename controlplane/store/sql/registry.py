@@ -73,6 +73,8 @@ class SqlRegistry:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Called with the kind after every committed create/update/delete (in-process caches drop it).
+        self.listeners: list[Callable[[str], None]] = []
 
     async def create(
         self,
@@ -161,7 +163,8 @@ class SqlRegistry:
     async def delete(self, kind: str, id: str) -> bool:
         async with self._db.write() as conn:
             cur = await conn.execute(f"DELETE FROM {KINDS[kind].table} WHERE id = ?", (id,))
-            return cur.rowcount > 0
+        self._changed(kind)
+        return cur.rowcount > 0
 
     async def _write(self, kind: str, sql: str, params: list[Any]) -> None:
         try:
@@ -169,6 +172,11 @@ class SqlRegistry:
                 await conn.execute(sql, params)
         except UniqueViolation as exc:
             raise Conflict(_conflict_message(kind, exc)) from exc
+        self._changed(kind)
+
+    def _changed(self, kind: str) -> None:
+        for listener in self.listeners:
+            listener(kind)
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:

@@ -218,7 +218,7 @@ class SqliteExchange:
             await conn.executemany(
                 "INSERT INTO observations (workload_id, host, port, governed, count, first_seen, last_seen) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workload_id, host, port) DO UPDATE SET "
-                "count = count + excluded.count, governed = excluded.governed, "
+                "count = observations.count + excluded.count, governed = excluded.governed, "
                 "last_seen = excluded.last_seen",
                 rows,
             )
