@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=FULL",  # a committed audit row survives power loss
+    # WAL + NORMAL: a commit survives a crash of the process (the WAL is written before COMMIT
+    # returns) but is not fsynced per transaction; a power loss can lose the last commits.
+    "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
