@@ -72,9 +72,8 @@ class Database:
         return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        try:
-            async with self._reader.execute(sql, params) as cur:
-                return [dict(row) for row in await cur.fetchall()]
+        try:  # one hop to the connection's thread (execute + fetch + close would take three)
+            return [dict(row) for row in await self._reader.execute_fetchall(sql, params)]
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
 
@@ -139,9 +138,8 @@ class SqliteTransaction:
         await self._conn.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        async with self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return None if row is None else dict(row)
+        rows = await self._conn.execute_fetchall(sql, params)  # one hop to the connection's thread
+        return dict(rows[0]) if rows else None
 
     async def lock(self, name: str) -> None:
         """BEGIN IMMEDIATE already excludes every other writer of the file."""
