@@ -8,7 +8,11 @@
     sesamectl policies delete ID
     sesamectl audit [--workload-id ID] [--type T] [--since TS] ...  |  audit verify | export | prune --days N
     sesamectl api-keys create NAME --role admin
+    sesamectl approvals list [--filter status=pending]  |  approvals approve ID [--window-seconds N]
+    sesamectl approvals deny ID [--comment TEXT]
+    sesamectl proxies list  |  discovery list [--filter governed=false]  |  keys rotate
 
+HTTPS with a private CA: `--ca-cert FILE` (env SESAME_CA_CERT).
 Tables by default, `--json` for raw JSON. API errors print one line and exit 1.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -44,6 +49,12 @@ RESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "api-keys": ("/v1/api-keys", ("id", "name", "role", "prefix", "createdAt", "lastUsedAt")),
 }
+# Read-only collections (filled by the proxies): list only.
+VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "proxies": ("/v1/proxies", ("workload_id", "pod", "version", "first_seen", "last_seen")),
+    "discovery": ("/v1/discovery", ("workload_id", "host", "port", "governed", "count", "last_seen")),
+}
+APPROVAL_COLUMNS = ("id", "status", "workload_id", "target_id", "created_at", "decided_by", "expires_at")
 AUDIT_COLUMNS = ("timestamp", "type", "outcome", "actor", "workload_id", "target_service", "reason")
 
 
@@ -56,9 +67,11 @@ class CliError(Exception):
 
 
 class Api:
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, key: str, *, ca_cert: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.key = key
+        self._ssl = _ssl_context(ca_cert) if ca_cert else None
+        self.last_headers: dict[str, str] = {}
 
     def request(
         self,
@@ -83,8 +96,9 @@ class Api:
             },
         )
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS) as resp:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS, context=self._ssl) as resp:
                 payload = resp.read()
+                self.last_headers = dict(resp.headers.items())
         except urllib.error.HTTPError as exc:
             raise CliError(_api_error(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -104,6 +118,16 @@ class Api:
             if not follow or not cursor:
                 break
         return rows
+
+
+def _ssl_context(ca_cert: str) -> ssl.SSLContext:
+    """System roots plus the PEM file `ca_cert` (the chart's CA is in no system store)."""
+    try:
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(cafile=ca_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"bad --ca-cert {ca_cert}: {exc}", 2) from None
+    return ctx
 
 
 def _api_error(exc: urllib.error.HTTPError) -> str:
@@ -151,6 +175,27 @@ def _parser() -> argparse.ArgumentParser:
             rotate = verbs.add_parser("rotate", parents=[common], help="replace the secret config fields")
             rotate.add_argument("id")
             _body_args(rotate)
+    for name in VIEWS:
+        view = sub.add_parser(name, parents=[common], help=f"show {name} (reported by the proxies)")
+        lst = view.add_subparsers(dest="verb", required=True).add_parser("list", parents=[common])
+        lst.add_argument("--limit", type=int, default=100)
+        lst.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+        lst.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+    approvals = sub.add_parser("approvals", parents=[common], help="list, approve or deny approvals")
+    verbs = approvals.add_subparsers(dest="verb", required=True)
+    lst = verbs.add_parser("list", parents=[common])
+    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--all", action="store_true", help="follow next_cursor to the end")
+    lst.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="e.g. status=pending")
+    for verb in ("approve", "deny"):
+        decide = verbs.add_parser(verb, parents=[common])
+        decide.add_argument("id")
+        decide.add_argument("--window-seconds", type=int, help="how long the decision holds")
+        decide.add_argument("--comment")
+    keys = sub.add_parser("keys", parents=[common], help="signing keys of the control plane's JWTs")
+    keys.add_subparsers(dest="verb", required=True).add_parser(
+        "rotate", parents=[common], help="make a new current signing key (owner)"
+    )
     audit = sub.add_parser("audit", parents=[common], help="read, export, verify, prune the audit log")
     audit.add_argument("action", nargs="?", choices=("list", "export", "verify", "prune"), default="list")
     for flag in ("workload-id", "target", "type", "actor", "correlation-id", "since", "until"):
@@ -158,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int)
     audit.add_argument("--all", action="store_true")
     audit.add_argument("--format", choices=("json", "csv"), default="json", help="export format")
+    audit.add_argument("--cursor", help="export: continue where the previous export stopped")
     audit.add_argument("--days", type=int, help="prune: delete events older than this")
     sub.add_parser("permissions", parents=[common], help="show the permission catalog")
     return parser
@@ -166,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
 def _common_args(p: argparse.ArgumentParser, default: Any) -> None:
     p.add_argument("--url", default=default, help="control plane URL (env SESAME_URL)")
     p.add_argument("--api-key", default=default, help="admin API key (env SESAME_API_KEY)")
+    p.add_argument("--ca-cert", default=default, help="PEM file of a CA to trust (env SESAME_CA_CERT)")
     p.add_argument(
         "--json", action="store_true", default=False if default is None else default, help="print raw JSON"
     )
@@ -218,11 +265,14 @@ def _run(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | Non
         return api.request("GET", "/v1/permissions")["data"], ("name", "min_role", "description")
     if args.resource == "audit":
         return _audit(args, api)
-    path, columns = RESOURCES[args.resource]
+    if args.resource == "keys":
+        return api.request("POST", "/v1/keys/rotate"), None
+    if args.resource == "approvals":
+        return _approvals(args, api)
+    path, columns = RESOURCES.get(args.resource) or VIEWS[args.resource]
     verb = args.verb
     if verb == "list":
-        filters = dict(f.partition("=")[::2] for f in args.filter)
-        return api.pages(path, {"limit": args.limit, **filters}, key="data", follow=args.all), columns
+        return _list(args, api, path), columns
     if verb == "get":
         return api.request("GET", f"{path}/{args.id}"), None
     if verb == "delete":
@@ -258,6 +308,25 @@ def _run(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | Non
     raise CliError(f"unknown command {verb}", 2)  # pragma: no cover - argparse rejects it
 
 
+def _list(args: argparse.Namespace, api: Api, path: str) -> list[dict[str, Any]]:
+    filters = {}
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--filter needs KEY=VALUE, got {item!r}", 2)
+        filters[key] = value
+    return api.pages(path, {"limit": args.limit, **filters}, key="data", follow=args.all)
+
+
+def _approvals(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | None]:
+    if args.verb == "list":
+        return _list(args, api, "/v1/approvals"), APPROVAL_COLUMNS
+    body = {
+        k: v for k, v in (("window_seconds", args.window_seconds), ("comment", args.comment)) if v is not None
+    }
+    return api.request("POST", f"/v1/approvals/{args.id}/{args.verb}", body=body), None
+
+
 def _audit(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | None]:
     if args.action == "verify":
         return api.request("GET", "/v1/audit/verify"), None
@@ -275,10 +344,12 @@ def _audit(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | N
         "until": args.until,
     }
     if args.action == "export":
-        raw = api.request(
-            "GET", "/v1/audit/export", query={**query, "format": args.format, "limit": args.limit}, raw=True
-        )
+        export_query = {**query, "format": args.format, "limit": args.limit, "cursor": args.cursor}
+        raw = api.request("GET", "/v1/audit/export", query=export_query, raw=True)
         sys.stdout.write(raw.decode())
+        next_cursor = api.last_headers.get("X-Next-Cursor")
+        if next_cursor:  # stderr, so stdout stays a clean JSON/CSV document
+            print(f"sesamectl: more events remain: continue with --cursor {next_cursor}", file=sys.stderr)
         return None, None
     return api.pages(
         "/v1/audit", {**query, "limit": args.limit or 50}, key="events", follow=args.all
@@ -319,10 +390,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = _parser().parse_args(argv)
     url = args.url or env.get("SESAME_URL")
     key = args.api_key or env.get("SESAME_API_KEY")
+    ca_cert = args.ca_cert or env.get("SESAME_CA_CERT")
     try:
         if not url or not key:
             raise CliError("set SESAME_URL and SESAME_API_KEY (or pass --url/--api-key)", 2)
-        result, columns = _run(args, Api(url, key))
+        result, columns = _run(args, Api(url, key, ca_cert=ca_cert))
         _print(result, columns, args.json)
     except CliError as exc:
         print(f"sesamectl: error: {exc}", file=sys.stderr)

@@ -37,8 +37,7 @@ class FakeClock:
 
 def format_ts(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds; sorts lexicographically, which the store relies on."""
-    dt = datetime.fromtimestamp(epoch, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_ts(text: str) -> float:

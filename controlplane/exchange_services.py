@@ -90,7 +90,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             "oauth2-client-credentials": oauth2,
             "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=settings.issuer_url, clock=clock),
         },
-        envelope=app[ENVELOPE],
         audit=app[AUDIT],
         metrics=app[METRICS],
         clock=clock,

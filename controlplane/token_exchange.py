@@ -14,7 +14,6 @@ from typing import Any
 from controlplane.attest import Attestor, Identity
 from controlplane.audit import AuditWriter
 from controlplane.clock import Clock, format_ts, parse_ts
-from controlplane.envelope import Envelope
 from controlplane.errors import SesameError
 from controlplane.exchange_settings import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
 from controlplane.metrics import Metrics
@@ -121,7 +120,6 @@ class TokenExchange:
         registry: RegistryCache,
         attestor: Attestor,
         providers: Mapping[str, CredentialProvider],
-        envelope: Envelope,
         audit: AuditWriter,
         metrics: Metrics,
         clock: Clock,
@@ -132,7 +130,6 @@ class TokenExchange:
         self.registry = registry
         self._attestor = attestor
         self._providers = providers
-        self._envelope = envelope
         self._audit = audit
         self._metrics = metrics
         self._clock = clock

@@ -16,7 +16,7 @@ from proxy.http1 import Forwarder
 from proxy.identity import TokenFile
 from proxy.listener import Listener
 from proxy.metrics import Metrics
-from proxy.pool import UpstreamPool
+from proxy.pool import ConnectionPool, UpstreamPool
 from proxy.reporter import Observations, Reporter
 from proxy.routes import RouteSync
 from proxy.tls import LeafCertificates, UpstreamTLS, client_context, load_pod_ca
@@ -60,6 +60,9 @@ class Proxy:
         self.pool = UpstreamPool(
             connect_timeout=settings.connect_timeout, idle_timeout=settings.upstream_idle_timeout
         )
+        self.connections = ConnectionPool(
+            connect_timeout=settings.connect_timeout, idle_timeout=settings.upstream_idle_timeout
+        )
         self.quit = asyncio.Event()
         self.listener: Listener | None = None
         self.admin: AdminServer | None = None
@@ -76,6 +79,7 @@ class Proxy:
             observations=self.observations,
             response_timeout=self.settings.response_timeout,
             client_idle_timeout=self.settings.client_idle_timeout,
+            stream_idle_timeout=self.settings.stream_idle_timeout,
         )
         self.listener = Listener(
             mode=self.settings.mode,
@@ -84,6 +88,7 @@ class Proxy:
             routes=lambda: self.routes.table,
             leaves=LeafCertificates(store, self.settings.ca_dir),
             pool=self.pool,
+            connections=self.connections,
             metrics=self.metrics,
             observations=self.observations,
         )
@@ -114,6 +119,7 @@ class Proxy:
         await self.credentials.close()
         await self.reporter.close()
         self.pool.close()
+        self.connections.close()
         if self.admin is not None:
             await self.admin.close()
         await self.client.close()

@@ -31,6 +31,7 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_RESPONSE_TIMEOUT = 60.0
 DEFAULT_UPSTREAM_IDLE_TIMEOUT = 30.0
 DEFAULT_CLIENT_IDLE_TIMEOUT = 300.0
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 DEFAULT_OBSERVATIONS_INTERVAL = 10.0
 DEFAULT_REFRESH_FRACTION = 0.8
@@ -67,6 +68,7 @@ class ProxySettings:
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
     upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
     client_idle_timeout: float = DEFAULT_CLIENT_IDLE_TIMEOUT
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     observations_interval: float = DEFAULT_OBSERVATIONS_INTERVAL
     refresh_fraction: float = DEFAULT_REFRESH_FRACTION
@@ -81,7 +83,13 @@ class ProxySettings:
             raise ConfigError("mode must be explicit or transparent", field="mode")
         if not 0.1 <= self.refresh_fraction < 1:
             raise ConfigError("refresh fraction must be in [0.1, 1)", field="refresh_fraction")
-        for name in ("connect_timeout", "response_timeout", "upstream_idle_timeout", "client_idle_timeout"):
+        for name in (
+            "connect_timeout",
+            "response_timeout",
+            "upstream_idle_timeout",
+            "client_idle_timeout",
+            "stream_idle_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive", field=name)
 
@@ -103,6 +111,7 @@ class ProxySettings:
                 connect_timeout=float(ns.connect_timeout),
                 response_timeout=float(ns.response_timeout),
                 upstream_idle_timeout=float(ns.upstream_idle_timeout),
+                stream_idle_timeout=float(ns.stream_idle_timeout),
                 heartbeat_interval=float(ns.heartbeat_interval),
                 observations_interval=float(ns.observations_interval),
                 log_level=ns.log_level.upper(),
@@ -131,6 +140,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     flag("connect-timeout", DEFAULT_CONNECT_TIMEOUT, "upstream connect timeout, seconds")
     flag("response-timeout", DEFAULT_RESPONSE_TIMEOUT, "wait for an upstream response head, seconds")
     flag("upstream-idle-timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT, "pooled upstream connection idle limit")
+    flag("stream-idle-timeout", DEFAULT_STREAM_IDLE_TIMEOUT, "a body stalled this long either way is cut, s")
     flag("heartbeat-interval", DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats")
     flag("observations-interval", DEFAULT_OBSERVATIONS_INTERVAL, "seconds between observation batches")
     flag("log-level", "INFO", "log level")

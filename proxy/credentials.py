@@ -63,6 +63,8 @@ class CredentialCache:
         self._cache: TLRUCache[str, Credential] = TLRUCache(
             maxsize, ttu=lambda _k, cred, _now: cred.expires_at, timer=clock
         )
+        # the same entries as _cache, read without TLRUCache's timer bookkeeping (peek checks expiry)
+        self._fresh: dict[str, Credential] = {}
         self._inflight: dict[str, asyncio.Future[Credential]] = {}
         self._next_attempt: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -82,11 +84,28 @@ class CredentialCache:
         fut = self._inflight.get(audience) or self._start(audience, background=False)
         return await asyncio.shield(fut)
 
+    def peek(self, audience: str) -> Credential | None:
+        """The cached credential without awaiting (the fast path); None when a request must wait for one."""
+        cred = self._fresh.get(audience)
+        if cred is None:
+            return None
+        now = self._clock()
+        if now < cred.refresh_at:
+            self._metrics.cache_hit.inc()
+            return cred
+        if now >= cred.expires_at:
+            return None
+        self._metrics.cache_stale.inc()
+        if audience not in self._inflight and now >= self._next_attempt.get(audience, 0.0):
+            self._start(audience, background=True)
+        return cred
+
     def drop(self, audience: str, token: str) -> None:
         """Forget the credential the upstream rejected (401), unless a newer one replaced it."""
         cred = self._cache.get(audience)
         if cred is not None and cred.token == token:
             del self._cache[audience]
+            self._fresh.pop(audience, None)
             self._metrics.cache_dropped.inc()
 
     def _start(self, audience: str, *, background: bool) -> asyncio.Future[Credential]:
@@ -106,6 +125,7 @@ class CredentialCache:
             self._next_attempt[audience] = self._clock() + self._backoff
             if isinstance(exc, Denied | ApprovalPending):
                 self._cache.pop(audience, None)
+                self._fresh.pop(audience, None)
             if background:
                 self._metrics.cache_refresh_failed.inc()
                 log.warning("credential refresh failed", extra={"audience": audience, "error": exc.code})
@@ -123,6 +143,7 @@ class CredentialCache:
             cred = Credential(token=token, expires_at=now + lifetime, refresh_at=now + ahead)
             if lifetime > 0:
                 self._cache[audience] = cred
+                self._fresh[audience] = cred
             self._next_attempt.pop(audience, None)
             if background:
                 self._metrics.cache_refresh.inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ApprovalPending",
     "BadRequest",
+    "ClientTimeout",
     "ConfigError",
     "CredentialUnavailable",
     "Denied",
@@ -40,6 +41,12 @@ class BadRequest(ProxyError):
     """The app sent a request the proxy cannot parse or route."""
 
     code, status = "bad_request", 400
+
+
+class ClientTimeout(ProxyError):
+    """The app stopped sending its request body for longer than the stream idle timeout."""
+
+    code, status = "request_body_timeout", 408
 
 
 class CredentialUnavailable(ProxyError):

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.credentials import CredentialCache
-from proxy.errors import BadRequest, ProxyError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import (
+    BadRequest,
+    ClientTimeout,
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from proxy.inject import Injector, compile_injector
 from proxy.metrics import Metrics
 from proxy.pool import Destination, Upstream, UpstreamPool
@@ -93,26 +100,37 @@ class Forwarder:
         observations: Observations,
         response_timeout: float,
         client_idle_timeout: float,
+        stream_idle_timeout: float,
     ) -> None:
         self._routes = routes
-        self._credentials = credentials
+        self.credentials = credentials
         self._pool = pool
         self._tls = upstream_tls
-        self._metrics = metrics
-        self._observe = observations.record
-        self._response_timeout = response_timeout
-        self._client_idle_timeout = client_idle_timeout
-        self._injectors: dict[Route, Injector] = {}
+        self.metrics = metrics
+        self.observe = observations.record
+        self.response_timeout = response_timeout
+        self.client_idle_timeout = client_idle_timeout
+        self.stream_idle_timeout = stream_idle_timeout
+        # per-route steps, keyed by the route object's id (hashing a Route hashes all its fields)
+        self._injectors: dict[int, tuple[Route, Injector]] = {}
+        self._destinations: dict[tuple[int, str], tuple[Route, Destination]] = {}
 
     async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        origin: Origin,
+        *,
+        retried_401: bool = False,
     ) -> Request | None:
-        """Serve requests until the connection ends; a CONNECT request (explicit mode) is handed back."""
+        """Serve requests until the connection ends; a CONNECT request (explicit mode) is handed back.
+
+        `retried_401`: the first request is a replay after an upstream 401 (no second replay)."""
         loop = asyncio.get_running_loop()
         try:
             while True:
                 # a timer handle per request is much cheaper than an asyncio.timeout() context
-                idle = loop.call_later(self._client_idle_timeout, writer.transport.abort)
+                idle = loop.call_later(self.client_idle_timeout, writer.transport.abort)
                 try:
                     raw = await read_head(reader)
                 finally:
@@ -124,23 +142,32 @@ class Forwarder:
                     if origin is None:
                         return req
                     raise BadRequest("CONNECT inside an intercepted connection")
-                route, dest, host, port = self._resolve(req, origin)
-                self._observe(host, port, route is not None)
-                if not await self._forward(req, reader, writer, route, dest):
+                route, dest, host, port = self.resolve(req, origin)
+                self.observe(host, port, route is not None)
+                if not await self._forward(req, reader, writer, route, dest, retried_401=retried_401):
                     return None
+                retried_401 = False
         except BadRequest as exc:
-            self._metrics.request(UNGOVERNED, exc.code)
+            self.metrics.request(UNGOVERNED, exc.code)
             writer.write(error_response(exc, keep_alive=False))
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         return None
 
     def route_destination(self, route: Route, dial_host: str) -> Destination:
+        entry = self._destinations.get((id(route), dial_host))
+        if entry is not None and entry[0] is route:
+            return entry[1]
+        if len(self._destinations) > 4096:  # routes were replaced many times: start over
+            self._destinations.clear()
         if route.upstream_tls:
-            return Destination(dial_host, route.port, self._tls.context(route.ca_pem), route.host)
-        return Destination(dial_host, route.port)
+            dest = Destination(dial_host, route.port, self._tls.context(route.ca_pem), route.host)
+        else:
+            dest = Destination(dial_host, route.port)
+        self._destinations[(id(route), dial_host)] = (route, dest)
+        return dest
 
-    def _resolve(self, req: Request, origin: Origin) -> tuple[Route | None, Destination, str, int]:
+    def resolve(self, req: Request, origin: Origin) -> tuple[Route | None, Destination, str, int]:
         if isinstance(origin, Fixed):
             return origin.route, origin.dest, origin.route.host, origin.dest.port
         if origin is None:
@@ -161,10 +188,14 @@ class Forwarder:
             return None, Destination(dial, port), host, port
         return route, self.route_destination(route, dial), host, port
 
-    def _injector(self, route: Route) -> Injector:
-        inject = self._injectors.get(route)
-        if inject is None:
-            inject = self._injectors[route] = compile_injector(route.injection)
+    def injector(self, route: Route) -> Injector:
+        entry = self._injectors.get(id(route))
+        if entry is not None and entry[0] is route:
+            return entry[1]
+        if len(self._injectors) > 4096:
+            self._injectors.clear()
+        inject = compile_injector(route.injection)
+        self._injectors[id(route)] = (route, inject)
         return inject
 
     async def _forward(
@@ -174,14 +205,16 @@ class Forwarder:
         cwriter: asyncio.StreamWriter,
         route: Route | None,
         dest: Destination,
+        *,
+        retried_401: bool = False,
     ) -> bool:
         """Forward one request and stream its response; True when the client connection stays open."""
         target = route.name if route is not None else UNGOVERNED
         headers, cred, inject = req.headers, None, None
         if route is not None:
-            inject = self._injector(route)
+            inject = self.injector(route)
             try:
-                cred = await self._credentials.get(route.audience)
+                cred = await self.credentials.get(route.audience)
             except ProxyError as exc:
                 return await self._fail(req, cwriter, target, exc, body_read=req.body == Body.NONE)
             req.target = inject(headers, req.target, cred.token)
@@ -190,7 +223,6 @@ class Forwarder:
             if not req.expect_continue:
                 body, stream_body = await creader.readexactly(req.length), False
         extra = f"Connection: upgrade\r\nUpgrade: {req.upgrade}\r\n" if req.upgrade else ""
-        retried_401 = False
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 conn, reused = await self._pool.acquire(dest)
@@ -203,9 +235,11 @@ class Forwarder:
                 pump.add_done_callback(_retrieve)
             try:
                 resp = await self._response_head(req, conn, cwriter, pump)
-            except ProxyError as exc:
+            except ProxyError:
                 conn.close()
                 if pump is not None:
+                    if pump.done() and not pump.cancelled() and isinstance(pump.exception(), ClientTimeout):
+                        exc = pump.exception()  # type: ignore[assignment]  # the app stalled, not the upstream
                     pump.cancel()
                 if (
                     isinstance(exc, _UpstreamClosed)
@@ -224,9 +258,9 @@ class Forwarder:
             ):
                 conn.close()  # drop the credential the upstream rejected; fetch a new one; replay once
                 retried_401 = True
-                self._credentials.drop(route.audience, cred.token)  # type: ignore[union-attr]
+                self.credentials.drop(route.audience, cred.token)  # type: ignore[union-attr]
                 try:
-                    cred = await self._credentials.get(route.audience)  # type: ignore[union-attr]
+                    cred = await self.credentials.get(route.audience)  # type: ignore[union-attr]
                 except ProxyError as exc:
                     return await self._fail(req, cwriter, target, exc, body_read=True)
                 req.target = inject(headers, req.target, cred.token)
@@ -237,7 +271,12 @@ class Forwarder:
     async def _pump(self, req: Request, creader: asyncio.StreamReader, conn: Upstream) -> None:
         """Stream the request body upstream while the response head is awaited (100-continue)."""
         try:
-            await relay_body(req.body, req.length, creader, conn.writer)
+            await relay_body(req.body, req.length, creader, conn.writer, idle=self.stream_idle_timeout)
+        except TimeoutError as exc:
+            conn.close()
+            raise ClientTimeout(
+                f"the request body stalled for {self.stream_idle_timeout:g}s; the connection was closed"
+            ) from exc
         except BaseException:
             conn.close()
             raise
@@ -257,7 +296,7 @@ class Forwarder:
 
         def arm(_task: object = None) -> None:
             nonlocal timer
-            timer = loop.call_later(self._response_timeout, expire)
+            timer = loop.call_later(self.response_timeout, expire)
 
         if pump is None:
             arm()
@@ -276,7 +315,7 @@ class Forwarder:
         except (ConnectionError, OSError, UpstreamProtocolError) as exc:
             if expired:
                 raise UpstreamTimeout(
-                    f"no response from the upstream within {self._response_timeout:g}s"
+                    f"no response from the upstream within {self.response_timeout:g}s"
                 ) from exc
             if isinstance(exc, UpstreamProtocolError):
                 raise
@@ -305,19 +344,27 @@ class Forwarder:
                     f"Connection: upgrade\r\nUpgrade: {resp.upgrade}\r\n",
                 )
             )
-            self._metrics.request(target, "upgraded")
+            self.metrics.request(target, "upgraded")
             await tunnel((creader, cwriter), (conn.reader, conn.writer))
             return False
         client_keep = req.keep_alive and resp.body != Body.CLOSE
         close = "" if client_keep else "Connection: close\r\n"
         head = serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
         try:
-            await relay_body(resp.body, resp.length, conn.reader, cwriter, head)
+            await relay_body(
+                resp.body, resp.length, conn.reader, cwriter, head, idle=self.stream_idle_timeout
+            )
+        except TimeoutError:  # the upstream stopped sending, or the app stopped reading
+            conn.close()
+            if pump is not None:
+                pump.cancel()
+            self.metrics.request(target, "stream_idle_timeout")
+            return False
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProxyError, ConnectionError, OSError):
             conn.close()
             if pump is not None:
                 pump.cancel()
-            self._metrics.request(target, "response_interrupted")
+            self.metrics.request(target, "response_interrupted")
             return False
         upstream_keep = resp.keep_alive and resp.body != Body.CLOSE
         if pump is not None and (not pump.done() or pump.cancelled() or pump.exception() is not None):
@@ -327,15 +374,31 @@ class Forwarder:
             self._pool.release(conn)
         else:
             conn.close()
-        self._metrics.request(target, "forwarded")
+        self.metrics.request(target, "forwarded")
         return client_keep
+
+    async def resume(
+        self,
+        req: Request,
+        conn: Upstream,
+        creader: asyncio.StreamReader,
+        cwriter: asyncio.StreamWriter,
+        target: str,
+    ) -> bool:
+        """Finish an exchange the fast path started (request sent; the response needs streams)."""
+        try:
+            resp = await self._response_head(req, conn, cwriter, None)
+        except ProxyError as exc:
+            conn.close()
+            return await self._fail(req, cwriter, target, exc, body_read=True)
+        return await self._respond(req, resp, creader, cwriter, conn, None, target)
 
     async def _fail(
         self, req: Request, cwriter: asyncio.StreamWriter, target: str, exc: ProxyError, *, body_read: bool
     ) -> bool:
         """Answer with the error's JSON; the connection stays open only if the request was fully read."""
         keep = req.keep_alive and body_read
-        self._metrics.request(target, exc.code)
+        self.metrics.request(target, exc.code)
         log.info("request failed", extra={"target": target, "error": exc.code, "reason": exc.message})
         cwriter.write(error_response(exc, keep_alive=keep))
         await cwriter.drain()

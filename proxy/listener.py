@@ -7,13 +7,15 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from proxy.clienthello import is_tls, parse_sni, record_complete
 from proxy.errors import ProxyError
-from proxy.http1 import UNGOVERNED, Fixed, Forwarder, Transparent, split_authority
+from proxy.fastpath import ClientConnection, SlowPath
+from proxy.http1 import UNGOVERNED, Fixed, Forwarder, Origin, Transparent, split_authority
 from proxy.metrics import Metrics
-from proxy.pool import Destination, UpstreamPool
+from proxy.pool import ConnectionPool, Destination, UpstreamPool
 from proxy.reporter import Observations
 from proxy.routes import Route, RouteTable
 from proxy.tls import LeafCertificates
@@ -79,15 +81,11 @@ async def _peek(sock: socket.socket, wait: float) -> bytes:
     return data
 
 
-async def _accepted_streams(
-    sock: socket.socket, ctx: ssl.SSLContext | None = None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _accepted_streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(
-        lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT if ctx else None
-    )
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
@@ -103,24 +101,31 @@ class Listener:
         routes: Callable[[], RouteTable],
         leaves: LeafCertificates,
         pool: UpstreamPool,
+        connections: ConnectionPool,
         metrics: Metrics,
         observations: Observations,
         peek_timeout: float = DEFAULT_PEEK_TIMEOUT,
     ) -> None:
         self.mode, self.listen = mode, listen
         self._forwarder, self._routes, self._leaves, self._pool = forwarder, routes, leaves, pool
+        self._connections = connections
         self._metrics, self._observe = metrics, observations.record
         self._peek_timeout = peek_timeout
         self._server: asyncio.Server | None = None
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
-        self._conns: set[asyncio.Task] = set()
+        self._conns: set[asyncio.Task] = set()  # slow-path connections and connects in flight
+        self._fast: set[ClientConnection] = set()
         self.address: tuple[str, int] = listen
 
     async def start(self) -> None:
         if self.mode == "explicit":
-            self._server = await asyncio.start_server(
-                self._explicit, self.listen[0], self.listen[1], limit=MAX_HEAD, reuse_address=True
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: self._connection(None),
+                self.listen[0],
+                self.listen[1],
+                reuse_address=True,
+                backlog=1024,
             )
             self.address = self._server.sockets[0].getsockname()[:2]
             return
@@ -135,6 +140,7 @@ class Listener:
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let open connections finish for up to `grace` seconds, then cut them."""
+        loop = asyncio.get_running_loop()
         if self._server is not None:
             self._server.close()
         if self._accept_task is not None:
@@ -142,23 +148,58 @@ class Listener:
             await asyncio.gather(self._accept_task, return_exceptions=True)
         if self._sock is not None:
             self._sock.close()
-        if self._conns:
-            _, pending = await asyncio.wait(set(self._conns), timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self._fast):
+            conn.shutdown()
+        deadline = loop.time() + grace
+        for _ in range(int(grace / 0.02) + 2):  # bounded: until idle or the grace period ends
+            if not (self._fast or self._conns) or loop.time() >= deadline:
+                break
+            if self._conns:
+                await asyncio.wait(set(self._conns), timeout=0.02)
+            else:
+                await asyncio.sleep(0.02)
+        for conn in list(self._fast):
+            if conn.transport is not None:
+                conn.transport.abort()
+        pending = set(self._conns)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
-    def _track(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._conns.add(task)
+        task.add_done_callback(self._conns.discard)
+
+    def _connection(self, origin: Origin) -> ClientConnection:
+        """A new client connection, served on the fast path until it needs the streams forwarder."""
+        conn = ClientConnection(
+            self._forwarder,
+            self._connections,
+            origin,
+            slow_path=self._explicit if origin is None else self._slow_path(origin),
+            spawn=self._spawn,
+            on_close=self._fast.discard,
+        )
+        self._fast.add(conn)
+        return conn
+
+    def _slow_path(self, origin: Origin) -> SlowPath:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self._forwarder.serve(reader, writer, origin)
+            except (ConnectionError, OSError, asyncio.IncompleteReadError, ProxyError):
+                pass
+            finally:
+                writer.close()
+
+        return serve
 
     # explicit mode
 
     async def _explicit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._track()
-        self._metrics.connections.inc()
+        """The slow path of an explicit-mode connection: general requests, then CONNECT if one comes."""
+        handed_back = False
         try:
             req = await self._forwarder.serve(reader, writer, None)
             if req is not None:
@@ -168,28 +209,36 @@ class Listener:
                 if route is None:
                     await self._tunnel(reader, writer, host, port, established=True)
                 else:
-                    await self._intercept_explicit(reader, writer, route, host)
+                    handed_back = await self._intercept_explicit(reader, writer, route, host)
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ProxyError):
             pass
         finally:
-            self._metrics.connections.dec()
-            writer.close()
+            if not handed_back:
+                writer.close()
 
     async def _intercept_explicit(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: Route, host: str
-    ) -> None:
+    ) -> bool:
+        """Terminate the app's TLS for a governed CONNECT; True when the connection went to the fast path."""
         ctx = await self._leaves.context_for(route.host)
+        conn = self._connection(Fixed(route, self._forwarder.route_destination(route, host)))
         # No await between the 200 and start_tls (which pauses reading first): the ClientHello
         # must reach the TLS layer, not the plaintext reader.
         writer.write(_ESTABLISHED)
         try:
-            await writer.start_tls(ctx, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
+            transport = await asyncio.get_running_loop().start_tls(
+                writer.transport, conn, ctx, server_side=True, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT
+            )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError):
+            self._fast.discard(conn)
             self._metrics.request(route.name, "client_tls_failed")
-            return
-        await self._forwarder.serve(
-            reader, writer, Fixed(route, self._forwarder.route_destination(route, host))
-        )
+            return False
+        if transport is None:
+            self._fast.discard(conn)
+            return False
+        conn.streams = writer  # StreamWriter.__del__ would close the socket under the TLS transport
+        conn.connection_made(transport)  # from here on the fast path serves the decrypted requests
+        return True
 
     async def _tunnel(
         self,
@@ -231,7 +280,9 @@ class Listener:
 
     async def _transparent(self, sock: socket.socket) -> None:
         self._metrics.connections.inc()
+        loop = asyncio.get_running_loop()
         writer = None
+        owned = True  # until a transport owns the socket
         try:
             sock.setblocking(False)
             dst = original_dst(sock)
@@ -247,17 +298,23 @@ class Listener:
                 self._observe(sni or ip, port, route is not None)
                 if route is not None:
                     ctx = await self._leaves.context_for(route.host)
+                    origin: Origin = Fixed(route, self._forwarder.route_destination(route, ip))
                     try:
-                        reader, writer = await _accepted_streams(sock, ctx)
+                        await loop.connect_accepted_socket(
+                            lambda: self._connection(origin),
+                            sock,
+                            ssl=ctx,
+                            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+                        )
                     except (ssl.SSLError, ConnectionError, TimeoutError, OSError):
                         self._metrics.request(route.name, "client_tls_failed")
                         return
-                    dest = self._forwarder.route_destination(route, ip)
-                    await self._forwarder.serve(reader, writer, Fixed(route, dest))
+                    owned = False
                     return
             elif first.startswith(_HTTP_METHODS) and not first.startswith(b"CONNECT "):
-                reader, writer = await _accepted_streams(sock)
-                await self._forwarder.serve(reader, writer, Transparent(ip, port))
+                plain = Transparent(ip, port)
+                await loop.connect_accepted_socket(lambda: self._connection(plain), sock)
+                owned = False
                 return
             else:
                 self._observe(ip, port, False)
@@ -269,5 +326,5 @@ class Listener:
             self._metrics.connections.dec()
             if writer is not None:
                 writer.close()
-            else:
+            elif owned:
                 sock.close()

@@ -6,11 +6,20 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from proxy.errors import UpstreamTimeout, UpstreamTLSError, UpstreamUnreachable
 
-__all__ = ["DEFAULT_MAX_IDLE_PER_UPSTREAM", "Destination", "Upstream", "UpstreamPool"]
+__all__ = [
+    "DEFAULT_MAX_IDLE_PER_UPSTREAM",
+    "ConnectionPool",
+    "Destination",
+    "PooledProtocol",
+    "Upstream",
+    "UpstreamPool",
+]
 
 DEFAULT_MAX_IDLE_PER_UPSTREAM = 64
 _STREAM_LIMIT = 64 * 1024
@@ -30,8 +39,28 @@ class Destination:
         return (self.host, self.port, self.server_hostname if self.ssl else None)
 
 
+@contextmanager
+def _translated(dest: Destination) -> Iterator[None]:
+    """Connect and handshake failures → the proxy's upstream errors (502/504)."""
+    try:
+        yield
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamTLSError(
+            f"{dest.server_hostname or dest.host}:{dest.port} presented a certificate that failed "
+            f"verification ({exc.verify_message})"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise UpstreamTLSError(f"TLS handshake with {dest.host}:{dest.port} failed ({exc.reason})") from exc
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"connecting to {dest.host}:{dest.port} timed out") from exc
+    except OSError as exc:
+        raise UpstreamUnreachable(
+            f"cannot connect to {dest.host}:{dest.port} ({exc.strerror or exc})"
+        ) from exc
+
+
 class Upstream:
-    """One open upstream connection."""
+    """One open upstream connection (streams: the general forwarder in proxy/http1.py)."""
 
     __slots__ = ("idle_since", "key", "reader", "writer")
 
@@ -74,7 +103,7 @@ class UpstreamPool:
         return await self.connect(dest), False
 
     async def connect(self, dest: Destination) -> Upstream:
-        try:
+        with _translated(dest):
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(
                     dest.host,
@@ -83,25 +112,87 @@ class UpstreamPool:
                     server_hostname=dest.server_hostname if dest.ssl else None,
                     limit=_STREAM_LIMIT,
                 )
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamTLSError(
-                f"{dest.server_hostname or dest.host}:{dest.port} presented a certificate that failed "
-                f"verification ({exc.verify_message})"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise UpstreamTLSError(
-                f"TLS handshake with {dest.host}:{dest.port} failed ({exc.reason})"
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to {dest.host}:{dest.port} timed out") from exc
-        except OSError as exc:
-            raise UpstreamUnreachable(
-                f"cannot connect to {dest.host}:{dest.port} ({exc.strerror or exc})"
-            ) from exc
         return Upstream(dest.key, reader, writer)
 
     def release(self, conn: Upstream) -> None:
         idle = self._idle.setdefault(conn.key, deque())
+        if len(idle) >= self.max_idle or not conn.usable():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()
+
+
+class PooledProtocol(asyncio.Protocol):
+    """Base of an upstream connection driven by callbacks (the fast path): key, transport, idle time."""
+
+    key: tuple = ()
+    transport: asyncio.Transport | None = None
+    idle_since = 0.0
+    lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ConnectionPool:
+    """Idle callback-driven upstream connections per destination key (the fast path's pool)."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle_per_upstream: int = DEFAULT_MAX_IDLE_PER_UPSTREAM,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle_per_upstream
+        self._idle: dict[tuple, list[PooledProtocol]] = {}
+
+    def take(self, key: tuple) -> PooledProtocol | None:
+        idle = self._idle.get(key)
+        if idle:
+            deadline = time.monotonic() - self.idle_timeout
+            while idle:
+                conn = idle.pop()
+                if conn.idle_since > deadline and conn.usable():
+                    return conn
+                conn.close()
+        return None
+
+    async def connect(self, dest: Destination, factory: Callable[[], PooledProtocol]) -> PooledProtocol:
+        loop = asyncio.get_running_loop()
+        with _translated(dest):
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    factory,
+                    dest.host,
+                    dest.port,
+                    ssl=dest.ssl,
+                    server_hostname=dest.server_hostname if dest.ssl else None,
+                )
+        conn.key = dest.key
+        return conn
+
+    def give(self, conn: PooledProtocol) -> None:
+        idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle or not conn.usable():
             conn.close()
             return

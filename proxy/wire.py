@@ -28,6 +28,7 @@ MAX_HEAD = 64 * 1024
 CHUNK = 64 * 1024
 # Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own; Transfer-Encoding is kept because
 # bodies are relayed in the framing they arrived in.
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -91,40 +92,56 @@ async def read_head(reader: asyncio.StreamReader, error: type[ProxyError] = BadR
         raise error(f"message head larger than {MAX_HEAD} bytes") from exc
 
 
-def _split_head(raw: bytes, error: type[ProxyError]) -> tuple[list[str], list[tuple[str, str]]]:
-    """→ (start-line parts, headers as sent)."""
+def _split_head(raw: bytes, error: type[ProxyError]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """→ (start-line parts, lower-cased names, headers as sent) in one pass."""
     lines = raw.lstrip(b"\r\n").decode("latin-1").split("\r\n")
     start = lines[0].split(" ", 2)
+    names: list[str] = []
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or line[0] in " \t":
+        if not sep or not name or line[0] in " \t" or name[-1] in " \t":
             raise error(f"malformed header line {line[:40]!r}")
+        names.append(name.lower())
         headers.append((name, value.strip()))
-    return start, headers
+    return start, names, headers
 
 
-def _frame(msg: Request | Response, headers: list[tuple[str, str]], error: type[ProxyError]) -> None:
+_FRAMING = frozenset(
+    {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
+)
+
+
+def _frame(
+    msg: Request | Response, names: list[str], headers: list[tuple[str, str]], error: type[ProxyError]
+) -> None:
     """Set framing, keep-alive and upgrade from the headers and strip hop-by-hop fields."""
     conn_tokens: set[str] = set()
     te = cl = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname == "connection" or lname == "proxy-connection":
-            conn_tokens.update(t.strip().lower() for t in value.split(","))
-        elif lname == "transfer-encoding":
-            te = value.lower() if te is None else f"{te}, {value.lower()}"
-        elif lname == "content-length":
-            if cl is not None and cl != value:
-                raise error("conflicting Content-Length headers")
-            cl = value
-        elif lname == "upgrade":
-            msg.upgrade = value
-        elif lname == "expect" and isinstance(msg, Request):
-            msg.expect_continue = value.lower() == "100-continue"
-    msg.headers = [h for h in headers if (ln := h[0].lower()) not in HOP_BY_HOP and ln not in conn_tokens]
+    kept = headers
+    if not _FRAMING.isdisjoint(names) or not HOP_BY_HOP.isdisjoint(names):
+        kept = []
+        for lname, (name, value) in zip(names, headers, strict=True):
+            if lname == "connection" or lname == "proxy-connection":
+                conn_tokens.update(t.strip().lower() for t in value.split(","))
+            elif lname == "transfer-encoding":
+                te = value.lower() if te is None else f"{te}, {value.lower()}"
+            elif lname == "content-length":
+                if cl is not None and cl != value:
+                    raise error("conflicting Content-Length headers")
+                cl = value
+            elif lname == "upgrade":
+                msg.upgrade = value
+            elif lname == "expect" and isinstance(msg, Request):
+                msg.expect_continue = value.lower() == "100-continue"
+            if lname not in HOP_BY_HOP:
+                kept.append((name, value))
+        named = conn_tokens - _CONNECTION_OPTIONS
+        if named:  # Connection names other fields: they are hop-by-hop too
+            kept = [h for h in kept if h[0].lower() not in named]
+    msg.headers = kept
     if "upgrade" not in conn_tokens:
         msg.upgrade = ""
     msg.keep_alive = msg.version == "HTTP/1.1" and "close" not in conn_tokens
@@ -144,20 +161,20 @@ def _frame(msg: Request | Response, headers: list[tuple[str, str]], error: type[
 
 
 def parse_request(raw: bytes) -> Request:
-    start, headers = _split_head(raw, BadRequest)
+    start, names, headers = _split_head(raw, BadRequest)
     if len(start) != 3 or not start[2].startswith("HTTP/1."):
         raise BadRequest(f"malformed request line {start!r:.60}")
     req = Request(start[0], start[1], start[2], headers)
-    _frame(req, headers, BadRequest)
+    _frame(req, names, headers, BadRequest)
     return req
 
 
 def parse_response(raw: bytes, method: str) -> Response:
-    start, headers = _split_head(raw, UpstreamProtocolError)
+    start, names, headers = _split_head(raw, UpstreamProtocolError)
     if len(start) < 2 or not start[0].startswith("HTTP/1.") or not start[1].isdigit():
         raise UpstreamProtocolError(f"malformed status line {start!r:.60}")
     resp = Response(start[0], int(start[1]), start[2] if len(start) > 2 else "", headers)
-    _frame(resp, headers, UpstreamProtocolError)
+    _frame(resp, names, headers, UpstreamProtocolError)
     if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
         resp.body = Body.NONE
     return resp
@@ -181,56 +198,76 @@ def error_response(exc: ProxyError, *, keep_alive: bool) -> bytes:
 
 
 async def _relay_length(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int, first: bytes = b""
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int, idle: float | None, first: bytes = b""
 ) -> None:
     """Copy n bytes; `first` (a message head) goes out in the same send as the first chunk."""
     while n > 0:
-        data = await reader.read(min(n, CHUNK))
-        if not data:
-            raise asyncio.IncompleteReadError(b"", n)
-        n -= len(data)
-        if first:
-            data, first = first + data, b""
-        writer.write(data)
-        await writer.drain()
+        async with asyncio.timeout(idle):  # no progress either way for `idle` s: TimeoutError
+            data = await reader.read(min(n, CHUNK))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", n)
+            n -= len(data)
+            if first:
+                data, first = first + data, b""
+            writer.write(data)
+            await writer.drain()
 
 
-async def _relay_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _relay_chunked(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: float | None
+) -> None:
     while True:
-        line = await reader.readuntil(b"\r\n")
+        async with asyncio.timeout(idle):
+            line = await reader.readuntil(b"\r\n")
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError as exc:
             raise UpstreamProtocolError("invalid chunk size") from exc
         writer.write(line)
         if size == 0:
-            while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
-                writer.write(trailer)
-            writer.write(b"\r\n")
-            await writer.drain()
+            async with asyncio.timeout(idle):
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    writer.write(trailer)
+                writer.write(b"\r\n")
+                await writer.drain()
             return
-        await _relay_length(reader, writer, size + 2)
+        await _relay_length(reader, writer, size + 2, idle)
 
 
-async def _relay_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(CHUNK):
-        writer.write(data)
-        await writer.drain()
+async def _relay_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: float | None
+) -> None:
+    while True:
+        async with asyncio.timeout(idle):
+            data = await reader.read(CHUNK)
+            if not data:
+                return
+            writer.write(data)
+            await writer.drain()
 
 
 async def relay_body(
-    body: int, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes = b""
+    body: int,
+    length: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    head: bytes = b"",
+    *,
+    idle: float | None = None,
 ) -> None:
-    """Stream one body (after `head`) from reader to writer in its own framing; one chunk in memory."""
+    """Stream one body (after `head`) from reader to writer in its own framing; one chunk in memory.
+
+    TimeoutError when neither a read nor a write makes progress for `idle` seconds (a stalled peer).
+    """
     if body == Body.LENGTH:
-        await _relay_length(reader, writer, length, head)
+        await _relay_length(reader, writer, length, idle, head)
         return
     if head:
         writer.write(head)
     if body == Body.CHUNKED:
-        await _relay_chunked(reader, writer)
+        await _relay_chunked(reader, writer, idle)
     elif body == Body.CLOSE:
-        await _relay_close(reader, writer)
+        await _relay_close(reader, writer, idle)
 
 
 async def read_body(body: int, length: int, reader: asyncio.StreamReader, limit: int) -> bytes:

@@ -30,7 +30,6 @@ CLUSTER_IN = Obj(
 )
 
 
-
 async def _default_audience(
     request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
 ) -> tuple[dict[str, Any], bytes | None]:

@@ -151,3 +151,61 @@ async def test_prune_deletes_old_rows_and_keeps_the_chain_verifiable(admin, cont
     assert "old" not in types and types[0] == "audit.pruned"
     assert (await admin.get("/v1/audit/verify")).json()["ok"] is True
     assert (await admin.post("/v1/audit/prune", json={"days": 0})).status_code == 400
+
+
+async def test_every_admin_mutation_is_one_committed_audit_event(admin):
+    """Each successful registry / key / audit mutation answers only with its event in the log."""
+    counter = iter(range(1000))
+    made: dict[str, str] = {}
+
+    async def call(method: str, path: str, body: object, expect_type: str) -> dict:
+        rid = f"mut-{next(counter)}"
+        resp = await admin.request(method, path, json=body, headers={"X-Request-Id": rid})
+        assert resp.status_code < 300, (method, path, resp.text)
+        events = (await admin.get("/v1/audit", params={"correlation_id": rid})).json()["events"]
+        assert [(e["type"], e["outcome"]) for e in events] == [(expect_type, "success")], (method, path)
+        return resp.json() if resp.content else {}
+
+    made["wl"] = (await call("POST", "/v1/workloads", workload_body(), "workload.created"))["id"]
+    await call("PATCH", f"/v1/workloads/{made['wl']}", {"name": "renamed"}, "workload.updated")
+    await call("PATCH", f"/v1/workloads/{made['wl']}", {"status": "revoked"}, "workload.revoked")
+    await call("PATCH", f"/v1/workloads/{made['wl']}", {"status": "active"}, "workload.restored")
+    made["cl"] = (
+        await call("POST", "/v1/clusters", {"name": "c", "issuer": "https://k8s.example"}, "cluster.created")
+    )["id"]
+    await call("PATCH", f"/v1/clusters/{made['cl']}", {"audience": "sesame-2"}, "cluster.updated")
+    made["tg"] = (
+        await call("POST", "/v1/targets", {"name": "t", "host": "api.example.com"}, "target.created")
+    )["id"]
+    await call("PATCH", f"/v1/targets/{made['tg']}", {"port": 8443}, "target.updated")
+    provider = {"name": "p", "type": "static", "config": {"value": "sk-audit-secret"}}
+    made["cp"] = (await call("POST", "/v1/credential-providers", provider, "credential_provider.created"))[
+        "id"
+    ]
+    await call(
+        "POST",
+        f"/v1/credential-providers/{made['cp']}/rotate",
+        {"config": {"value": "sk-audit-secret-2"}},
+        "credential_provider.rotated",
+    )
+    policy = {
+        "workload_id": made["wl"],
+        "target_id": made["tg"],
+        "provider_id": made["cp"],
+        "effect": "allow",
+    }
+    made["po"] = (await call("POST", "/v1/policies", policy, "policy.created"))["id"]
+    await call("PATCH", f"/v1/policies/{made['po']}", {"effect": "deny"}, "policy.updated")
+    key = await call("POST", "/v1/api-keys", {"name": "k", "role": "viewer"}, "api_key.created")
+    await call("DELETE", f"/v1/api-keys/{key['id']}", None, "api_key.revoked")
+    for kind, path, rid in (
+        ("policy", "/v1/policies", made["po"]),
+        ("credential_provider", "/v1/credential-providers", made["cp"]),
+        ("target", "/v1/targets", made["tg"]),
+        ("cluster", "/v1/clusters", made["cl"]),
+        ("workload", "/v1/workloads", made["wl"]),
+    ):
+        await call("DELETE", f"{path}/{rid}", None, f"{kind}.deleted")
+    await call("POST", "/v1/audit/prune", {"days": 30}, "audit.pruned")
+    log = (await admin.get("/v1/audit/export")).text
+    assert "sk-audit-secret" not in log

@@ -86,3 +86,35 @@ def test_routes_added_later_are_documented():
     validate(doc)
     op = doc["paths"]["/v1/things/{id}/poke"]["post"]
     assert op["parameters"][0]["name"] == "id" and op["security"] == []
+
+
+async def test_stopped_audit_writer_makes_readyz_503_and_mutations_fail_closed(admin, control_plane):
+    """No request may answer success without its audit row: readiness and writes both say so."""
+    from controlplane.appkeys import AUDIT
+
+    await control_plane.app[AUDIT].close()
+    ready = await admin.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "audit_writer": "audit writer is not running"},
+    }
+    assert (await admin.get("/healthz")).status_code == 200  # liveness does not depend on it
+    created = await admin.post("/v1/workloads", json=workload_body())
+    assert created.status_code == 503
+    assert created.json()["error"] == "audit_unavailable"
+
+
+async def test_readyz_times_out_a_hanging_check(admin, control_plane, monkeypatch):
+    import asyncio
+
+    from controlplane.api import probes
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(probes, "CHECK_TIMEOUT_SECONDS", 0.05)
+    control_plane.app[READY_CHECKS]["stuck"] = hangs
+    resp = await admin.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json()["checks"]["stuck"] == "timed out"

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 
+from devkit.certs import DevCA
 from devkit.controlplane_server import control_plane_process
+from devkit.issuer import ClusterIssuer
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +146,131 @@ def test_errors_are_one_line_with_non_zero_exit(server):
         timeout=60,
     )
     assert missing.returncode == 2 and "SESAME_URL" in missing.stderr
+
+
+def _api(server, method: str, path: str, body=None, token: str | None = None, expect: int = 201):
+    headers = {"Authorization": f"Bearer {token or server.owner_key}"}
+    resp = httpx.request(method, server.url + path, json=body, headers=headers, timeout=30)
+    assert resp.status_code == expect, (path, resp.status_code, resp.text)
+    return resp.json() if resp.content else None
+
+
+def test_approvals_are_listed_and_decided_and_fleet_views_are_shown(server):
+    """A require_approval exchange, a heartbeat and observations, then sesamectl reads and decides."""
+    with ClusterIssuer.in_thread() as issuer:
+        _api(server, "POST", "/v1/clusters", {"name": "ctl-local", "issuer": issuer.issuer})
+        attestation = {
+            "type": "kubernetes-service-account",
+            "namespace": "ctl",
+            "service_account": "ctl-app",
+            "cluster": "ctl-local",
+        }
+        wl = _api(server, "POST", "/v1/workloads", {"name": "ctl-app", "attestation": attestation})
+        tg = _api(
+            server, "POST", "/v1/targets", {"name": "ctl-api", "host": "ctl.example", "audience": "ctl"}
+        )
+        pr = _api(
+            server,
+            "POST",
+            "/v1/credential-providers",
+            {"name": "ctl-key", "type": "static", "config": {"value": "ctl-secret-value"}},
+        )
+        _api(
+            server,
+            "POST",
+            "/v1/policies",
+            {
+                "workload_id": wl["id"],
+                "target_id": tg["id"],
+                "provider_id": pr["id"],
+                "effect": "require_approval",
+            },
+        )
+        token = issuer.mint(namespace="ctl", service_account="ctl-app", pod_name="ctl-app-0")
+        exchange = {
+            "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": "ctl",
+        }
+        pending = _api(server, "POST", "/v1/token-exchange", exchange, token=token, expect=202)
+        approval_id = pending["approval_id"]
+        _api(server, "POST", "/v1/proxy/heartbeat", {"pod": "ctl-app-0", "version": "9.9"}, token, 204)
+        observed = [{"host": "unknown.example", "port": 443, "count": 3, "governed": False}]
+        _api(server, "POST", "/v1/proxy/observations", observed, token, 204)
+
+        listed = ctl(server, "approvals", "list", "--filter", "status=pending")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines()[0].split()[:2] == ["ID", "STATUS"]
+        assert any(approval_id in row and "pending" in row for row in listed.stdout.splitlines())
+        approved = ctl(server, "--json", "approvals", "approve", approval_id, "--window-seconds", "600")
+        assert approved.returncode == 0, approved.stderr
+        assert json.loads(approved.stdout)["status"] == "approved"
+        assert approval_id not in ctl(server, "approvals", "list", "--filter", "status=pending").stdout
+        issued = _api(server, "POST", "/v1/token-exchange", exchange, token=token, expect=200)
+        assert issued["access_token"] == "ctl-secret-value"
+        missing = ctl(server, "approvals", "deny", "apr_missing")
+        assert missing.returncode == 1 and "404 not_found" in missing.stderr
+
+    proxies = ctl(server, "proxies", "list")
+    assert proxies.returncode == 0, proxies.stderr
+    assert any("ctl-app-0" in row and "9.9" in row for row in proxies.stdout.splitlines())
+    discovery = json.loads(ctl(server, "--json", "discovery", "list", "--filter", "governed=false").stdout)
+    assert {"host": "unknown.example", "port": 443, "count": 3, "governed": False}.items() <= discovery[
+        0
+    ].items()
+    bad_filter = ctl(server, "discovery", "list", "--filter", "governed")
+    assert bad_filter.returncode == 2 and "KEY=VALUE" in bad_filter.stderr
+    events = ctl(server, "--json", "audit", "--type", "approval.approved")
+    assert approval_id in events.stdout
+
+
+def test_signing_keys_rotate_needs_the_owner(server):
+    jwks_before = {k["kid"] for k in httpx.get(server.url + "/v1/jwks", timeout=30).json()["keys"]}
+    rotated = ctl(server, "--json", "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    kid = json.loads(rotated.stdout)["kid"]
+    jwks_after = {k["kid"] for k in httpx.get(server.url + "/v1/jwks", timeout=30).json()["keys"]}
+    assert kid in jwks_after and kid not in jwks_before
+    admin_key = json.loads(ctl(server, "--json", "api-keys", "create", "rot", "--role", "admin").stdout)[
+        "key"
+    ]
+    denied = ctl(server, "keys", "rotate", key=admin_key)
+    assert denied.returncode == 1 and "403 forbidden" in denied.stderr
+
+
+def test_https_control_plane_is_trusted_through_ca_cert(tmp_path):
+    ca = DevCA("sesamectl test CA")
+    cert = ca.issue(["127.0.0.1"], tmp_path / "tls")
+    ca_file = ca.write_ca(tmp_path / "ca.pem")
+    args = ("--tls-cert", str(cert.cert_file), "--tls-key", str(cert.key_file))
+    with control_plane_process(tmp_path / "cp.db", args=args) as tls_server:
+        assert tls_server.url.startswith("https://")
+        untrusted = ctl(tls_server, "workloads", "list")
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        assert len(untrusted.stderr.strip().splitlines()) == 1
+        trusted = ctl(tls_server, "workloads", "list", "--ca-cert", str(ca_file))
+        assert trusted.returncode == 0, trusted.stderr
+        assert trusted.stdout.split()[:2] == ["ID", "NAME"]
+        missing = ctl(tls_server, "workloads", "list", "--ca-cert", str(tmp_path / "nope.pem"))
+        assert missing.returncode == 2 and "--ca-cert" in missing.stderr
+
+
+def test_audit_export_continues_with_the_cursor_it_prints(server):
+    for i in range(3):
+        ctl(server, "workloads", "create", f"exp{i}", "--namespace", "exp", "--service-account", f"exp{i}")
+    first = ctl(server, "audit", "export", "--type", "workload.created", "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    [hint] = first.stderr.strip().splitlines()
+    cursor = hint.rsplit("--cursor ", 1)[1]
+    seen = [e["id"] for e in json.loads(first.stdout)]
+    for _ in range(20):
+        page = ctl(
+            server, "audit", "export", "--type", "workload.created", "--limit", "2", "--cursor", cursor
+        )
+        assert page.returncode == 0, page.stderr
+        seen += [e["id"] for e in json.loads(page.stdout)]
+        if not page.stderr.strip():
+            break
+        cursor = page.stderr.strip().rsplit("--cursor ", 1)[1]
+    everything = json.loads(ctl(server, "audit", "export", "--type", "workload.created").stdout)
+    assert seen == [e["id"] for e in everything] and len(seen) >= 3

@@ -272,3 +272,62 @@ async def test_origin_form_request_to_explicit_proxy_is_400(cp, start_proxy):
     writer.close()
     assert start.startswith("HTTP/1.1 400")
     assert b"bad_request" in body
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",  # relayed by the fast path
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n",  # relayed by the streams path
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_upstream_stalled_mid_body_is_cut_after_the_stream_idle_timeout(
+    cp, start_proxy, raw_servers, head
+):
+    upstream_closed = asyncio.Event()
+
+    async def handler(reader, writer):
+        await read_message(reader)
+        writer.write(head + b"first-bytes")
+        await writer.drain()
+        await reader.read()  # stall; returns when the proxy gives up on this connection
+        upstream_closed.set()
+
+    up = await raw_servers(handler)
+    proxy = await start_proxy(stream_idle_timeout=0.2)
+    reader, writer = await proxy_conn(proxy)
+    writer.write(f"GET http://127.0.0.1:{up.port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    received = await asyncio.wait_for(reader.read(), 10)  # EOF: the proxy cut the stalled response
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received.endswith(b"first-bytes")
+    await asyncio.wait_for(upstream_closed.wait(), 10)
+    writer.close()
+    sample = proxy.metrics.registry.get_sample_value
+    assert (
+        sample("sesame_proxy_requests_total", {"target": "ungoverned", "outcome": "stream_idle_timeout"}) == 1
+    )
+
+
+async def test_client_stalled_mid_body_is_cut_after_the_stream_idle_timeout(cp, start_proxy, raw_servers):
+    upstream_got: list[bytes] = []
+    upstream_closed = asyncio.Event()
+
+    async def handler(reader, writer):
+        await read_head(reader)
+        upstream_got.append(await reader.read())  # until the proxy closes the upstream connection
+        upstream_closed.set()
+
+    up = await raw_servers(handler)
+    proxy = await start_proxy(stream_idle_timeout=0.2)
+    reader, writer = await proxy_conn(proxy)
+    writer.write(
+        f"POST http://127.0.0.1:{up.port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n".encode()
+        + b"only-the-start"
+    )  # ... and the app never sends the rest
+    received = await asyncio.wait_for(reader.read(), 10)
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert b'"error": "request_body_timeout"' in received
+    await asyncio.wait_for(upstream_closed.wait(), 10)
+    assert upstream_got == [b"only-the-start"]
+    writer.close()

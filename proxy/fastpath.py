@@ -1,0 +1,441 @@
+"""The fast path: simple HTTP/1.1 exchanges served in protocol callbacks, with no task or stream.
+
+A request with no body (or a small Content-Length body already received), to a host whose credential
+is cached, answered by a final response with a Content-Length (or no body), is handled here:
+accept → classify → credential → inject → forward → relay, all in `data_received`. Everything else
+(CONNECT, upgrades, 100-continue, streamed or chunked bodies, credential misses, interim, chunked or
+close-delimited responses, an upstream 401 to replay) is handed to the streams Forwarder
+(proxy/http1.py) together with the bytes read so far. Same parsing, routing and injection code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from proxy.credentials import Credential
+from proxy.errors import BadRequest, ProxyError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.http1 import REPLAY_LIMIT, UNGOVERNED, Forwarder, Origin
+from proxy.pool import ConnectionPool, Destination, PooledProtocol, Upstream
+from proxy.routes import Route
+from proxy.wire import (
+    MAX_HEAD,
+    Body,
+    Request,
+    Response,
+    error_response,
+    parse_request,
+    parse_response,
+    serialize_head,
+)
+
+__all__ = ["ClientConnection", "SlowPath", "Watchdog"]
+
+log = logging.getLogger("sesame.proxy.http")
+# Called with the client's streams when a connection leaves the fast path (or resumes an exchange).
+SlowPath = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+_IDLE, _RESPONSE, _BODY = range(3)
+
+
+class Watchdog:
+    """One lazily re-armed timer: `arm` only moves a deadline; the timer re-schedules itself until the
+    deadline really passes (cheaper than a call_later + cancel per request or per chunk)."""
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_on_expire", "_when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_expire: Callable[[], None]) -> None:
+        self._loop, self._on_expire = loop, on_expire
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
+
+    def arm(self, timeout: float) -> None:
+        self._deadline = deadline = self._loop.time() + timeout
+        if self._handle is not None:
+            if deadline >= self._when:
+                return  # the timer fires earlier and re-schedules itself
+            self._handle.cancel()
+        self._when = deadline
+        self._handle = self._loop.call_at(deadline, self._fire)
+
+    def cancel(self) -> None:
+        self._deadline = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._deadline is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._when = self._deadline
+            self._handle = self._loop.call_at(self._deadline, self._fire)
+            return
+        self._deadline = None
+        self._on_expire()
+
+
+class _UpstreamConnection(PooledProtocol):
+    """A pooled upstream connection; while an exchange runs, its bytes go to that client."""
+
+    def __init__(self) -> None:
+        self.client: ClientConnection | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is None:  # bytes nobody asked for: never reuse this connection
+            self.close()
+            return
+        self.client.upstream_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.client is not None:
+            self.client.upstream_lost()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One app connection on the fast path (see the module docstring)."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        pool: ConnectionPool,
+        origin: Origin,
+        *,
+        slow_path: SlowPath,
+        spawn: Spawn,
+        on_close: Callable[[ClientConnection], None],
+    ) -> None:
+        self.fwd, self.pool, self.origin = forwarder, pool, origin
+        self._slow_path, self._spawn, self._on_close = slow_path, spawn, on_close
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.streams: asyncio.StreamWriter | None = None  # the plaintext writer under a TLS transport
+        self.closing = False  # the listener is shutting down: close after the current exchange
+        self._handed_off = False
+        self._paused = False
+        self._eof = False
+        self._phase = _IDLE
+        self._watchdog: Watchdog | None = None
+        # the exchange in flight
+        self._req: Request | None = None
+        self._raw = b""  # the request as received, replayed to the slow path when needed
+        self._out = b""
+        self._route: Route | None = None
+        self._cred: Credential | None = None
+        self._target = UNGOVERNED
+        self._up: _UpstreamConnection | None = None
+        self._reused = False
+        self._ubuf = bytearray()
+        self._resp: Response | None = None
+        self._remaining = 0
+        self._upstream_keep = True
+
+    # client side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.fwd.metrics.connections.inc()
+        self._watchdog = Watchdog(asyncio.get_running_loop(), self._expired)
+        self._watchdog.arm(self.fwd.client_idle_timeout)
+        if self.buf:  # bytes decrypted before start_tls returned
+            self._next()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.transport is None:
+            return
+        if self._req is None:
+            self._next()
+        elif len(self.buf) > MAX_HEAD and not self._paused:
+            self._paused = True  # pipelined requests wait; don't buffer without bound
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return self._req is not None  # half-closed while a response is due: answer, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handed_off:
+            return
+        self.fwd.metrics.connections.dec()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._detach_upstream(reuse=False)
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.pause_reading()  # the app reads slowly: stop reading the upstream
+
+    def resume_writing(self) -> None:
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Listener closing: close now when idle, else right after the current response."""
+        self.closing = True
+        if self._req is None and self.transport is not None:
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Take the next request from the buffer when it is complete and simple; else hand off."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self._hand_off()  # the slow path answers 400
+            return
+        raw = bytes(buf[: end + 4])
+        try:
+            req = parse_request(raw)
+        except BadRequest:
+            self._hand_off()
+            return
+        if req.method == "CONNECT" or req.upgrade or req.expect_continue or req.body == Body.CHUNKED:
+            self._hand_off()
+            return
+        size = end + 4
+        if req.body == Body.LENGTH:
+            if req.length > REPLAY_LIMIT:
+                self._hand_off()
+                return
+            size += req.length
+            if len(buf) < size:
+                return  # the rest of a small body is on its way
+            raw = bytes(buf[:size])
+        try:
+            route, dest, host, port = self.fwd.resolve(req, self.origin)
+        except BadRequest:
+            self._hand_off()
+            return
+        cred = None
+        if route is not None:
+            cred = self.fwd.credentials.peek(route.audience)
+            if cred is None:
+                self._hand_off()  # one exchange, awaited by the slow path
+                return
+            req.target = self.fwd.injector(route)(req.headers, req.target, cred.token)
+        del buf[:size]
+        self.fwd.observe(host, port, route is not None)
+        self._req, self._raw, self._route, self._cred = req, raw, route, cred
+        self._target = route.name if route is not None else UNGOVERNED
+        self._out = serialize_head(f"{req.method} {req.target} HTTP/1.1", req.headers) + raw[end + 4 :]
+        self._phase = _RESPONSE
+        self._watchdog.arm(self.fwd.response_timeout)  # type: ignore[union-attr]
+        up = self.pool.take(dest.key)
+        if up is not None:
+            self._send(up, reused=True)  # type: ignore[arg-type]
+        else:
+            self._spawn(self._connect(dest))
+
+    async def _connect(self, dest: Destination) -> None:
+        try:
+            up = await self.pool.connect(dest, _UpstreamConnection)
+        except ProxyError as exc:
+            if self._req is not None and not self._handed_off:
+                self._fail(exc)
+            return
+        if self._req is None or self._handed_off or self.transport is None or self.transport.is_closing():
+            self.pool.give(up)
+            return
+        self._send(up, reused=False)  # type: ignore[arg-type]
+
+    def _send(self, up: _UpstreamConnection, *, reused: bool) -> None:
+        up.client, self._up, self._reused = self, up, reused
+        self._ubuf.clear()
+        self._resp, self._upstream_keep = None, True
+        up.transport.write(self._out)  # type: ignore[union-attr]
+
+    # upstream side
+
+    def upstream_data(self, data: bytes) -> None:
+        if self._resp is None:
+            self._ubuf += data
+            end = self._ubuf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._ubuf) > MAX_HEAD:
+                    self._fail(UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes"))
+                return
+            raw = bytes(self._ubuf[: end + 4])
+            try:
+                resp = parse_response(raw, self._req.method)  # type: ignore[union-attr]
+            except UpstreamProtocolError as exc:
+                self._fail(exc)
+                return
+            rest = bytes(self._ubuf[end + 4 :])
+            if resp.status == 401 and self._cred is not None:
+                self._replay_after_401()
+                return
+            if resp.status < 200 or (resp.body != Body.LENGTH and resp.body != Body.NONE):
+                self._resume_slow(raw + rest)  # interim, chunked or close-delimited: streams relay it
+                return
+            self._resp, self._remaining = resp, resp.length if resp.body == Body.LENGTH else 0
+            self._upstream_keep = resp.keep_alive
+            close = "" if self._req.keep_alive and not self.closing else "Connection: close\r\n"  # type: ignore[union-attr]
+            head = serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
+            self._phase = _BODY
+            data, head_out = rest, head
+        else:
+            head_out = b""
+        if len(data) > self._remaining:  # more than the framing says: the connection is not reusable
+            data, self._upstream_keep = data[: self._remaining], False
+        self._remaining -= len(data)
+        self.transport.write(head_out + data if head_out else data)  # type: ignore[union-attr]
+        if self._remaining == 0:
+            self._finish()
+        else:
+            self._watchdog.arm(self.fwd.stream_idle_timeout)  # type: ignore[union-attr]
+
+    def upstream_lost(self) -> None:
+        if self._resp is not None:  # mid-body
+            self._interrupted("response_interrupted")
+        elif self._reused and not self._ubuf:
+            self._replay()  # a pooled connection the upstream had closed: replay on a new one
+        else:
+            self._fail(UpstreamUnreachable("the upstream closed the connection without a response"))
+
+    def _finish(self) -> None:
+        self._detach_upstream(reuse=self._upstream_keep)
+        self.fwd.metrics.request(self._target, "forwarded")
+        keep = self._req.keep_alive and not self._eof and not self.closing  # type: ignore[union-attr]
+        self._end_exchange(keep)
+
+    def _end_exchange(self, keep: bool) -> None:
+        self._req = self._resp = self._route = self._cred = None
+        self._raw = self._out = b""
+        if not keep:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._phase = _IDLE
+        self._watchdog.arm(self.fwd.client_idle_timeout)  # type: ignore[union-attr]
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.buf:
+            self._next()
+
+    def _detach_upstream(self, *, reuse: bool) -> None:
+        up, self._up = self._up, None
+        if up is None:
+            return
+        up.client = None
+        if up.transport is not None and up.transport.is_reading() is False:
+            up.transport.resume_reading()
+        if reuse:
+            self.pool.give(up)
+        else:
+            up.close()
+
+    def _fail(self, exc: ProxyError) -> None:
+        """Answer with the error's JSON; the request was read whole, so the connection may stay."""
+        self._detach_upstream(reuse=False)
+        self.fwd.metrics.request(self._target, exc.code)
+        log.info("request failed", extra={"target": self._target, "error": exc.code, "reason": exc.message})
+        keep = self._req.keep_alive and not self._eof and not self.closing  # type: ignore[union-attr]
+        self.transport.write(error_response(exc, keep_alive=keep))  # type: ignore[union-attr]
+        self._end_exchange(keep)
+
+    def _interrupted(self, outcome: str) -> None:
+        self._detach_upstream(reuse=False)
+        self.fwd.metrics.request(self._target, outcome)
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def _expired(self) -> None:
+        if self._phase == _IDLE:
+            self.transport.abort()  # type: ignore[union-attr]
+        elif self._phase == _RESPONSE:
+            timeout = self.fwd.response_timeout
+            self._fail(UpstreamTimeout(f"no response from the upstream within {timeout:g}s"))
+        else:
+            self._interrupted("stream_idle_timeout")  # the upstream or the app stopped moving the body
+
+    # hand-offs to the streams forwarder
+
+    def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Move the client transport to a StreamReader/Writer holding the unread bytes."""
+        self._handed_off = True
+        self._watchdog.cancel()  # type: ignore[union-attr]
+        reader, writer = streams_for(self.transport, bytes(self.buf))  # type: ignore[arg-type]
+        self.buf.clear()
+        if self._paused:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self.fwd.metrics.connections.dec()  # counted again by the slow task while it runs
+        self._on_close(self)
+        return reader, writer
+
+    def _spawn_slow(self, coro: Coroutine[Any, Any, None]) -> None:
+        gauge = self.fwd.metrics.connections
+
+        async def counted() -> None:
+            gauge.inc()
+            try:
+                await coro
+            finally:
+                gauge.dec()
+
+        self._spawn(counted())
+
+    def _hand_off(self) -> None:
+        reader, writer = self._streams()
+        self._spawn_slow(self._slow_path(reader, writer))
+
+    def _replay(self, *, retried_401: bool = False) -> None:
+        """Give the request back to the slow path as received (it routes, injects and sends again)."""
+        self._detach_upstream(reuse=False)
+        self.buf[:0] = self._raw
+        self._req = None
+        reader, writer = self._streams()
+        origin = self.origin
+        slow_path = self._slow_path
+
+        async def replay() -> None:
+            if await self.fwd.serve(reader, writer, origin, retried_401=retried_401) is None:
+                writer.close()
+            else:  # pragma: no cover - a CONNECT never reaches the fast path
+                await slow_path(reader, writer)
+
+        self._spawn_slow(replay() if retried_401 else slow_path(reader, writer))
+
+    def _replay_after_401(self) -> None:
+        self.fwd.credentials.drop(self._route.audience, self._cred.token)  # type: ignore[union-attr]
+        self._replay(retried_401=True)
+
+    def _resume_slow(self, upstream_bytes: bytes) -> None:
+        """The response needs streams: move both connections over and let the Forwarder relay it."""
+        up = self._up
+        assert up is not None and self._req is not None
+        self._up, up.client = None, None
+        ureader, uwriter = streams_for(up.transport, upstream_bytes)  # type: ignore[arg-type]
+        conn = Upstream(up.key, ureader, uwriter)
+        req, target = self._req, self._target
+        reader, writer = self._streams()
+        fwd, slow_path = self.fwd, self._slow_path
+
+        async def resume() -> None:
+            if await fwd.resume(req, conn, reader, writer, target):
+                await slow_path(reader, writer)
+            else:
+                writer.close()
+
+        self._spawn_slow(resume())
+
+
+def streams_for(
+    transport: asyncio.Transport, buffered: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Attach a StreamReader/Writer to a live transport, with `buffered` bytes already read."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if buffered:
+        reader.feed_data(buffered)
+    if transport.is_closing():
+        reader.feed_eof()
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
