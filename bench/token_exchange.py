@@ -43,7 +43,7 @@ async def _serve_forever(app: web.Application, ports: Any, extra: dict[str, Any]
     await asyncio.Event().wait()
 
 
-def _run_controlplane(db: str, ports: Any) -> None:
+def _run_controlplane(db: str, synchronous: str, ports: Any) -> None:
     _pin_one_core()
     from controlplane.app import create_app
     from controlplane.appkeys import API_KEYS
@@ -55,6 +55,7 @@ def _run_controlplane(db: str, ports: Any) -> None:
         app = create_app(
             Config(
                 db_path=Path(db),
+                sqlite_synchronous=synchronous,
                 listen_port=0,
                 kek=os.urandom(32),
                 rate_limit_per_minute=10**6,
@@ -174,7 +175,7 @@ async def _load(
 
 
 async def _bench(args: argparse.Namespace, issuer: ClusterIssuer, db: str) -> None:
-    cp_proc, cp = _start(_run_controlplane, db)
+    cp_proc, cp = _start(_run_controlplane, db, args.sqlite_synchronous)
     bare_proc, bare = _start(_run_bare)
     try:
         cp_url, bare_url = f"http://127.0.0.1:{cp['port']}", f"http://127.0.0.1:{bare['port']}"
@@ -188,7 +189,10 @@ async def _bench(args: argparse.Namespace, issuer: ClusterIssuer, db: str) -> No
         for proc in (cp_proc, bare_proc):
             proc.terminate()
             proc.join(timeout=10)
-    print(f"token exchange bench: c{args.concurrency}, server pinned to one core, static provider, SQLite")
+    print(
+        f"token exchange bench: c{args.concurrency}, server pinned to one core, static provider, "
+        f"SQLite synchronous={args.sqlite_synchronous}"
+    )
     for name, r in (("bare aiohttp", reference), ("token exchange", exchange)):
         print(
             f"  {name:15s} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--sqlite-synchronous", choices=("full", "normal"), default="full")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, ClusterIssuer.in_thread() as issuer:
         asyncio.run(_bench(args, issuer, str(Path(tmp) / "bench.db")))

@@ -64,7 +64,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app = web.Application(
         client_max_size=config.max_body_bytes, middlewares=[observe_middleware, error_middleware]
     )
-    store = new_store(config.db_location)
+    store = new_store(config.db_location, sqlite_synchronous=config.sqlite_synchronous)
     app[CONFIG] = config
     app[CLOCK] = clock
     app[STORE] = store

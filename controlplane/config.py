@@ -39,6 +39,7 @@ MIN_API_KEY_RANDOM = 32
 class Config:
     db_path: Path = DEFAULT_DB
     db_dsn: str | None = field(default=None, repr=False)  # postgresql://...; wins over db_path
+    sqlite_synchronous: str = "full"  # "normal" trades power-loss durability for throughput
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     tls_cert: Path | None = None
@@ -59,6 +60,8 @@ class Config:
             raise StartupError("--tls-cert and --tls-key must be given together")
         if self.rate_limit_per_minute < 1:
             raise StartupError("rate limit must be at least 1 request per minute")
+        if self.sqlite_synchronous not in ("full", "normal"):
+            raise StartupError("SESAME_SQLITE_SYNCHRONOUS must be full or normal")
         if self.max_body_bytes < 1024:
             raise StartupError("max body size must be at least 1024 bytes")
         key = self.bootstrap_api_key
@@ -105,6 +108,7 @@ class Config:
         return cls(
             db_path=DEFAULT_DB if dsn else Path(db),
             db_dsn=dsn,
+            sqlite_synchronous=(pick("sqlite_synchronous", "SESAME_SQLITE_SYNCHRONOUS") or "full").lower(),
             listen_host=host,
             listen_port=port,
             tls_cert=Path(cert) if cert else None,

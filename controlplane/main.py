@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key (env SESAME_TLS_KEY)")
     serve.add_argument("--kek-file", help="file holding the key-encryption key (env SESAME_KEK_FILE)")
     serve.add_argument("--rate-limit", type=int, help="admin requests/minute/key (env SESAME_RATE_LIMIT)")
+    serve.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        help="SQLite fsync per commit (full, default) or not (normal) (env SESAME_SQLITE_SYNCHRONOUS)",
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SESAME_LOG_LEVEL)")
     _exchange_flags(serve)
     return parser
@@ -91,7 +96,7 @@ def _run(coro: Any) -> int:
 
 async def _init(config: Config) -> int:
     clock = SystemClock()
-    store = await open_store(config.db_location)
+    store = await open_store(config.db_location, sqlite_synchronous=config.sqlite_synchronous)
     try:
         await check_kek(store, Envelope.from_keys(config.kek, config.kek_previous))
         keys = ApiKeys(store.api_keys, clock)

@@ -1,10 +1,12 @@
-"""The governed routes of one workload: targets its policies allow, or gate behind an approval.
+"""The governed routes of one workload: every target a policy naming it decides.
 
-A target under `require_approval` is listed whether or not an approval is in force, so the proxy
-governs it and fails closed (the exchange answers 202 approval_pending and the approval request is
-created); `approval` says which: null (allowed outright), "approved" (a grant is in force) or
-"required" (no grant in force: not yet requested, pending, or denied). Targets that only a deny
-(or no) policy matches are not listed.
+`effect` is the deciding policy's effect. A target under `require_approval` is listed whether or
+not an approval is in force, so the proxy governs it and fails closed (the exchange answers 202
+approval_pending and the approval request is created); `approval` says which: null (no approval
+involved), "approved" (a grant is in force) or "required" (not yet requested, pending, or denied).
+A target an explicit `deny` policy matches is listed too, so the proxy blocks the call with 403
+policy_denied and the denial is audited instead of the request leaving without a credential.
+Targets no policy for this workload matches are not listed: they pass through untouched.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ __all__ = ["MAX_APPROVALS_CONSIDERED", "governed_routes", "route_view"]
 MAX_APPROVALS_CONSIDERED = 1000
 
 
-def route_view(target: dict[str, Any], approval: str | None = None) -> dict[str, Any]:
-    """One route as the proxy reads it (BRIEF's proxy contract, plus `approval`)."""
+def route_view(
+    target: dict[str, Any], approval: str | None = None, *, effect: str = "allow"
+) -> dict[str, Any]:
+    """One route as the proxy reads it (docs/token-exchange.md), with `effect` and `approval`."""
     injection = target.get("injection") or {}
     return {
         "target_id": target["id"],
@@ -37,12 +41,13 @@ def route_view(target: dict[str, Any], approval: str | None = None) -> dict[str,
             "name": injection.get("name"),
             "prefix": injection.get("prefix"),
         },
+        "effect": effect,
         "approval": approval,
     }
 
 
 async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float) -> list[dict[str, Any]]:
-    """Routes for every target this workload may use now (allow, approved) or after an approval."""
+    """Routes for every target a policy for this workload decides (allow, approval, explicit deny)."""
     rules = [rule_of(r) for r in await store.policies_for(workload_id=workload_id)]
     if not rules:
         return []
@@ -57,10 +62,12 @@ async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float
         decision = evaluate(
             rules, workload_id=workload_id, target_id=target["id"], approvals=approvals, now=now
         )
-        if decision.outcome == "deny" and decision.reason != "approval_denied":
-            continue
-        if decision.rule is not None and decision.rule.effect == "require_approval":
-            routes.append(route_view(target, "approved" if decision.allowed else "required"))
+        rule = decision.rule
+        if rule is None:
+            continue  # no policy for this workload names the target: not governed
+        if rule.effect == "require_approval":
+            approval = "approved" if decision.allowed else "required"
+            routes.append(route_view(target, approval, effect=rule.effect))
         else:
-            routes.append(route_view(target))
+            routes.append(route_view(target, effect=rule.effect))
     return routes

@@ -369,14 +369,16 @@ class ClientConnection(asyncio.Protocol):
         return reader, writer
 
     def _spawn_slow(self, coro: Coroutine[Any, Any, None]) -> None:
-        gauge = self.fwd.metrics.connections
+        gauge, streams = self.fwd.metrics.connections, self.streams
 
         async def counted() -> None:
+            held = streams  # StreamWriter.__del__ must not close the socket under a TLS transport
             gauge.inc()
             try:
                 await coro
             finally:
                 gauge.dec()
+                del held
 
         self._spawn(counted())
 

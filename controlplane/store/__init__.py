@@ -28,17 +28,17 @@ __all__ = [
 ]
 
 
-def new_store(location: Path | str) -> SqlStore:
+def new_store(location: Path | str, *, sqlite_synchronous: str = "full") -> SqlStore:
     """An unopened store for a SQLite path or a `postgresql://` DSN (call `start()`)."""
     if isinstance(location, str) and is_postgres_dsn(location):
         from controlplane.store.postgres import PostgresStore
 
         return PostgresStore(location)
-    return SqliteStore(Path(location))
+    return SqliteStore(Path(location), synchronous=sqlite_synchronous)
 
 
-async def open_store(location: Path | str) -> SqlStore:
+async def open_store(location: Path | str, *, sqlite_synchronous: str = "full") -> SqlStore:
     """Open (and migrate) the store at `location`."""
-    store = new_store(location)
+    store = new_store(location, sqlite_synchronous=sqlite_synchronous)
     await store.start()
     return store

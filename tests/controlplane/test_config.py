@@ -80,3 +80,21 @@ def test_secrets_are_not_in_repr():
         {}, {"SESAME_BOOTSTRAP_API_KEY": KEY, "SESAME_KEK": base64.b64encode(b"k" * 32).decode()}
     )
     assert KEY not in repr(config) and "kek=" not in repr(config)
+
+
+@pytest.mark.parametrize(("mode", "pragma"), [("full", 2), ("normal", 1)])
+async def test_sqlite_synchronous_mode_reaches_the_database(tmp_path: Path, mode: str, pragma: int) -> None:
+    from controlplane.store import open_store
+
+    config = Config.build({"db": str(tmp_path / "cp.db")}, {"SESAME_SQLITE_SYNCHRONOUS": mode})
+    store = await open_store(config.db_location, sqlite_synchronous=config.sqlite_synchronous)
+    try:
+        row = await store.db.fetchone("PRAGMA synchronous")
+        assert row is not None and next(iter(row.values())) == pragma
+    finally:
+        await store.close()
+
+
+def test_unknown_sqlite_synchronous_mode_refuses_to_start() -> None:
+    with pytest.raises(StartupError, match="full or normal"):
+        Config.build({}, {"SESAME_SQLITE_SYNCHRONOUS": "off"})

@@ -21,10 +21,11 @@ def sa(env: Env, **kwargs) -> dict[str, str]:
     return {"Authorization": f"Bearer {env.token(**kwargs)}"}
 
 
-async def test_routes_list_allowed_and_approval_gated_targets_but_not_denied_ones(env: Env) -> None:
+async def test_routes_list_every_target_a_policy_decides_but_not_unnamed_ones(env: Env) -> None:
     await allow(env)
     gated = await env.create("/v1/targets", {"name": "gated", "host": "gated.example"})
     denied = await env.create("/v1/targets", {"name": "denied", "host": "denied.example"})
+    await env.create("/v1/targets", {"name": "unnamed", "host": "unnamed.example"})
     for target, effect in ((gated, "require_approval"), (denied, "deny")):
         await env.create(
             "/v1/policies",
@@ -49,6 +50,7 @@ async def test_routes_list_allowed_and_approval_gated_targets_but_not_denied_one
             "tls": "intercept",
             "audience": "https://api.example",
             "injection": {"type": "bearer", "name": None, "prefix": None},
+            "effect": "allow",
             "approval": None,
         },
         {
@@ -60,7 +62,20 @@ async def test_routes_list_allowed_and_approval_gated_targets_but_not_denied_one
             "tls": "intercept",
             "audience": gated["audience"],
             "injection": {"type": "bearer", "name": None, "prefix": None},
+            "effect": "require_approval",
             "approval": "required",
+        },
+        {
+            "target_id": denied["id"],
+            "name": "denied",
+            "host": "denied.example",
+            "port": 443,
+            "scheme": "https",
+            "tls": "intercept",
+            "audience": denied["audience"],
+            "injection": {"type": "bearer", "name": None, "prefix": None},
+            "effect": "deny",
+            "approval": None,
         },
     ]
 

@@ -322,8 +322,8 @@ async def test_client_stalled_mid_body_is_cut_after_the_stream_idle_timeout(cp, 
     proxy = await start_proxy(stream_idle_timeout=0.2)
     reader, writer = await proxy_conn(proxy)
     writer.write(
-        f"POST http://127.0.0.1:{up.port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n".encode()
-        + b"only-the-start"
+        f"POST http://127.0.0.1:{up.port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + b"Content-Length: 1000000\r\n\r\nonly-the-start"
     )  # ... and the app never sends the rest
     received = await asyncio.wait_for(reader.read(), 10)
     assert received.startswith(b"HTTP/1.1 408 ")

@@ -27,19 +27,22 @@ log = logging.getLogger(__name__)
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    # WAL + NORMAL: a commit survives a crash of the process (the WAL is written before COMMIT
-    # returns) but is not fsynced per transaction; a power loss can lose the last commits.
-    "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+# FULL (default): every commit is fsynced, so an answered request's audit row survives a power
+# loss. NORMAL: a commit survives a crash of the process but not a power loss; faster.
+SYNCHRONOUS_MODES = ("full", "normal")
 
 
 class Database:
     """Async access to one SQLite file; use `read*` for queries and `write()` for transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise StartupError(f"SQLite synchronous mode must be one of {SYNCHRONOUS_MODES}")
         self.path = path
+        self._pragmas = (*_PRAGMAS, f"PRAGMA synchronous={synchronous.upper()}")
         self._writer: aiosqlite.Connection = None  # type: ignore[assignment]  # set by connect()
         self._reader: aiosqlite.Connection = None  # type: ignore[assignment]
         self._lock = asyncio.Lock()
@@ -51,7 +54,7 @@ class Database:
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             for conn in (self._writer, self._reader):
                 conn.row_factory = sqlite3.Row
-                for pragma in _PRAGMAS:
+                for pragma in self._pragmas:
                     await conn.execute(pragma)
         except (sqlite3.Error, OSError) as exc:
             await self.close()

@@ -13,5 +13,5 @@ __all__ = ["SqliteStore"]
 class SqliteStore(SqlStore):
     """The shared store over one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(Database(path))
+    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+        super().__init__(Database(path, synchronous=synchronous))
