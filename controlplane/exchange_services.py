@@ -3,7 +3,7 @@
 Settings come from `app[CONFIG].exchange` (`controlplane.exchange_settings.ExchangeSettings`,
 built once from flags and `SESAME_*` variables by `Config.build`).
 
-app[EXCHANGE]      TokenExchange     the pipeline (+ `.store`: SqliteExchange)
+app[EXCHANGE]      TokenExchange     the pipeline (+ `.store`: SqlExchange)
 app[SIGNING_KEYS]  SigningKeys       ES256 key set behind /v1/jwks and signed-jwt providers
 """
 
@@ -19,7 +19,7 @@ from controlplane.exchange_settings import DEFAULT_ROUTES_REFRESH_SECONDS, Excha
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
 from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
-from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.store.sql.exchange import SqlExchange
 from controlplane.token_exchange import TokenExchange
 
 __all__ = [
@@ -53,7 +53,7 @@ def setup(app: web.Application) -> None:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings, clock = app[CONFIG].exchange, app[CLOCK]
-    store = SqliteExchange(app[STORE].db)
+    store = SqlExchange(app[STORE].db)
     keys = SigningKeys(
         store=store,
         envelope=app[ENVELOPE],

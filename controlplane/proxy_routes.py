@@ -15,7 +15,7 @@ from typing import Any
 
 from controlplane.policy import evaluate
 from controlplane.registry_cache import rule_of
-from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.store.sql.exchange import SqlExchange
 from controlplane.token_exchange import approval_of
 
 __all__ = ["MAX_APPROVALS_CONSIDERED", "governed_routes", "route_view"]
@@ -46,7 +46,7 @@ def route_view(
     }
 
 
-async def governed_routes(store: SqliteExchange, *, workload_id: str, now: float) -> list[dict[str, Any]]:
+async def governed_routes(store: SqlExchange, *, workload_id: str, now: float) -> list[dict[str, Any]]:
     """Routes for every target a policy for this workload decides (allow, approval, explicit deny)."""
     rules = [rule_of(r) for r in await store.policies_for(workload_id=workload_id)]
     if not rules:

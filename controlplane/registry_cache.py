@@ -19,7 +19,7 @@ from controlplane.envelope import Envelope
 from controlplane.policy import Rule
 from controlplane.provider_secrets import open_secret
 from controlplane.providers import DEFAULT_MAX_TTL_SECONDS
-from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.store.sql.exchange import SqlExchange
 
 __all__ = ["DEFAULT_CACHE_MAX_ENTRIES", "CachedProvider", "RegistryCache", "rule_of"]
 
@@ -54,11 +54,11 @@ class CachedProvider:
 
 
 class RegistryCache:
-    """Read-through cache over `SqliteExchange`; values are shared, callers must not mutate them."""
+    """Read-through cache over `SqlExchange`; values are shared, callers must not mutate them."""
 
     def __init__(
         self,
-        store: SqliteExchange,
+        store: SqlExchange,
         *,
         envelope: Envelope,
         clock: Clock,

@@ -26,7 +26,7 @@ from controlplane.providers import (
 )
 from controlplane.ratelimit import RateLimiter
 from controlplane.registry_cache import RegistryCache, rule_of
-from controlplane.store.sqlite.exchange import SqliteExchange
+from controlplane.store.sql.exchange import SqlExchange
 
 __all__ = [
     "DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE",
@@ -116,7 +116,7 @@ class TokenExchange:
     def __init__(
         self,
         *,
-        store: SqliteExchange,
+        store: SqlExchange,
         registry: RegistryCache,
         attestor: Attestor,
         providers: Mapping[str, CredentialProvider],

@@ -114,6 +114,7 @@ class Forwarder:
         # per-route steps, keyed by the route object's id (hashing a Route hashes all its fields)
         self._injectors: dict[int, tuple[Route, Injector]] = {}
         self._destinations: dict[tuple[int, str], tuple[Route, Destination]] = {}
+        self._authorities: dict[tuple[str, int], tuple[str, int]] = {}
 
     async def serve(
         self,
@@ -174,19 +175,34 @@ class Forwarder:
             if not req.target.startswith("http://"):
                 raise BadRequest("an explicit proxy needs absolute http:// URLs; use CONNECT for https")
             rest = req.target[7:]
-            cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-            path = rest[cut:]
-            req.target = path if path.startswith("/") else "/" + path
-            host, port = split_authority(rest[:cut], 80)
+            cut = rest.find("/")
+            query = rest.find("?", 0, cut if cut >= 0 else len(rest))
+            if query >= 0 or cut < 0:
+                cut = query if query >= 0 else len(rest)
+                req.target = "/" + rest[cut:]
+            else:
+                req.target = rest[cut:]
+            host, port = self._authority(rest[:cut], 80)
             dial = host
         else:
             hostval = next((v for n, v in req.headers if n.lower() == "host"), "")
-            host, _ = split_authority(hostval, origin.port)
+            host, _ = self._authority(hostval, origin.port)
             port, dial = origin.port, origin.ip
         route = self._routes().lookup("http", host, port)
         if route is None:
             return None, Destination(dial, port), host, port
         return route, self.route_destination(route, dial), host, port
+
+    def _authority(self, authority: str, default_port: int) -> tuple[str, int]:
+        """split_authority, memoised: apps call the same few hosts over and over."""
+        key = (authority, default_port)
+        found = self._authorities.get(key)
+        if found is None:
+            found = split_authority(authority, default_port)
+            if len(self._authorities) >= 1024:
+                self._authorities.clear()
+            self._authorities[key] = found
+        return found
 
     def injector(self, route: Route) -> Injector:
         entry = self._injectors.get(id(route))

@@ -123,21 +123,23 @@ def _frame(
     kept = headers
     if not _FRAMING.isdisjoint(names) or not HOP_BY_HOP.isdisjoint(names):
         kept = []
-        for lname, (name, value) in zip(names, headers, strict=True):
-            if lname == "connection" or lname == "proxy-connection":
-                conn_tokens.update(t.strip().lower() for t in value.split(","))
-            elif lname == "transfer-encoding":
-                te = value.lower() if te is None else f"{te}, {value.lower()}"
-            elif lname == "content-length":
-                if cl is not None and cl != value:
-                    raise error("conflicting Content-Length headers")
-                cl = value
-            elif lname == "upgrade":
-                msg.upgrade = value
-            elif lname == "expect" and isinstance(msg, Request):
-                msg.expect_continue = value.lower() == "100-continue"
+        for lname, header in zip(names, headers, strict=True):
+            if lname in _FRAMING:
+                value = header[1]
+                if lname == "connection" or lname == "proxy-connection":
+                    conn_tokens.update(t.strip().lower() for t in value.split(","))
+                elif lname == "content-length":
+                    if cl is not None and cl != value:
+                        raise error("conflicting Content-Length headers")
+                    cl = value
+                elif lname == "transfer-encoding":
+                    te = value.lower() if te is None else f"{te}, {value.lower()}"
+                elif lname == "upgrade":
+                    msg.upgrade = value
+                elif lname == "expect" and isinstance(msg, Request):
+                    msg.expect_continue = value.lower() == "100-continue"
             if lname not in HOP_BY_HOP:
-                kept.append((name, value))
+                kept.append(header)
         named = conn_tokens - _CONNECTION_OPTIONS
         if named:  # Connection names other fields: they are hop-by-hop too
             kept = [h for h in kept if h[0].lower() not in named]

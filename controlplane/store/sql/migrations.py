@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controlplane.errors import StartupError
-from controlplane.store.sqlite.exchange_schema import EXCHANGE_SCHEMA
+from controlplane.store.sql.exchange_schema import EXCHANGE_SCHEMA
 
 __all__ = ["MIGRATIONS", "SEALED_COLUMNS", "Migration", "pending"]
 

@@ -1,4 +1,4 @@
-"""Token-exchange data in SQLite: lookups on the registry tables, signing keys, approvals,
+"""Token-exchange data (SQLite and PostgreSQL): lookups on the registry tables, signing keys, approvals,
 proxy heartbeats and traffic observations (tables from `exchange_schema`)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from controlplane.errors import Conflict
 from controlplane.ids import new_id
 from controlplane.pagination import Page
 from controlplane.signing_keys import StoredSigningKey
-from controlplane.store.sqlite.db import Database
+from controlplane.store.sql.database import Database
 
-__all__ = ["SqliteExchange"]
+__all__ = ["SqlExchange"]
 
 _APPROVAL_COLS = (
     "id, workload_id, target_id, policy_id, status, window_seconds, requested_by, "
@@ -29,7 +29,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class SqliteExchange:
+class SqlExchange:
     """Queries the token-exchange pipeline and the proxy-facing routes need."""
 
     def __init__(self, db: Database) -> None:
