@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from controlplane.clock import Clock, format_ts
@@ -152,8 +153,8 @@ class AuditWriter:
                     done.set_exception(error)
             return
         if self._metrics is not None:
-            for row in rows:
-                self._metrics.audit_events.labels(row["type"]).inc()
+            for type, count in Counter(row["type"] for row in rows).items():
+                self._metrics.audit_written(type, count)
         for _, done in batch:
             if not done.done():
                 done.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -35,9 +36,24 @@ class FakeClock:
         self.now += seconds
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_ts(epoch: float) -> str:
-    """RFC 3339 UTC with milliseconds; sorts lexicographically, which the store relies on."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """RFC 3339 UTC with milliseconds; sorts lexicographically, which the store relies on.
+
+    Called for every audit event: the `YYYY-MM-DDTHH:MM:SS` part is formatted once per second.
+    """
+    global _last_second
+    fraction, whole = math.modf(epoch)  # split and rounded like datetime.fromtimestamp
+    micros, second = round(fraction * 1e6), int(whole)
+    if micros >= 1_000_000:
+        micros, second = micros - 1_000_000, second + 1
+    cached_second, prefix = _last_second
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (second, prefix)
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 def parse_ts(text: str) -> float:

@@ -5,6 +5,8 @@ Token exchange calls `metrics.token_issued(target)` / `metrics.token_denied(reas
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -47,16 +49,34 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        # labelled children by label values: `labels()` validates and locks on every call, and
+        # these are counted on every request (label sets are bounded: route templates, codes).
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = ("request", route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def token_issued(self, target: str) -> None:
-        self.tokens_issued.labels(target).inc()
+        self._child(self.tokens_issued, target).inc()
 
     def token_denied(self, reason: str) -> None:
-        self.tokens_denied.labels(reason).inc()
+        self._child(self.tokens_denied, reason).inc()
+
+    def audit_written(self, type: str, count: int = 1) -> None:
+        self._child(self.audit_events, type).inc(count)
+
+    def _child(self, metric: Counter, value: str) -> Any:
+        key = (metric, value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

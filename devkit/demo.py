@@ -163,11 +163,11 @@ def main() -> int:
                     },
                 },
             )
-            grants = {}
-            # Two names for the same demo API: the app may use "localhost", not "127.0.0.1".
-            for name, host, secret in (
-                ("payments-api", "localhost", API_KEY),
-                ("ledger-api", "127.0.0.1", "sk-l"),
+            # Two names for the same demo API: the app may use "localhost"; a deny policy covers
+            # "127.0.0.1" (the ledger), so that call is governed, refused and audited.
+            for name, host, secret, effect in (
+                ("payments-api", "localhost", API_KEY, "allow"),
+                ("ledger-api", "127.0.0.1", "sk-l", "deny"),
             ):
                 target = admin("POST", "/v1/targets", {"name": name, "host": host, "port": api_port})
                 provider = admin(
@@ -175,14 +175,14 @@ def main() -> int:
                     "/v1/credential-providers",
                     {"name": f"{name}-key", "type": "static", "config": {"value": secret}},
                 )
-                grants[name] = admin(
+                admin(
                     "POST",
                     "/v1/policies",
                     {
                         "workload_id": workload["id"],
                         "target_id": target["id"],
                         "provider_id": provider["id"],
-                        "effect": "allow",
+                        "effect": effect,
                         "max_ttl_seconds": 600,
                     },
                 )
@@ -231,8 +231,7 @@ def main() -> int:
                 print(f"   proxy {proxy_url}, admin {admin_url}")
                 say("5. curl through the proxy, with no API key")
                 print("   " + curl(proxy_url, bundle, f"https://localhost:{api_port}/v1/charges"))
-                say("6. The admin withdraws the ledger grant; the same app calls the ledger API")
-                admin("PATCH", f"/v1/policies/{grants['ledger-api']['id']}", {"effect": "deny"})
+                say("6. The same app calls the ledger API, which a deny policy covers")
                 print("   " + curl(proxy_url, bundle, f"https://127.0.0.1:{api_port}/v1/entries"))
                 with contextlib.suppress(urllib.error.URLError):
                     urllib.request.urlopen(

@@ -12,11 +12,9 @@ import json
 from collections.abc import Callable
 from http import HTTPStatus
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from proxy.errors import ProxyError
 from proxy.identity import TokenFile
-from proxy.metrics import Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.wire import MAX_HEAD, parse_request, read_head, serialize_head
 
 __all__ = ["AdminServer"]
@@ -89,7 +87,7 @@ class AdminServer:
         if path == "/readyz" and method == "GET":
             return self._readyz()
         if path == "/metrics" and method == "GET":
-            return _response(200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST)
+            return _response(200, self._metrics.render(), CONTENT_TYPE)
         if path == "/quitquitquit" and method == "POST":
             if not _is_loopback(peer):  # the admin port may face the kubelet; quitting is local only
                 return _json(

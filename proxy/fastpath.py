@@ -143,15 +143,14 @@ class ClientConnection(asyncio.Protocol):
         self._watchdog = Watchdog(asyncio.get_running_loop(), self._expired)
         self._watchdog.arm(self.fwd.client_idle_timeout)
         if self.buf:  # bytes decrypted before start_tls returned
-            self._next()
+            self._next(self._take_buffer())
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.transport is None:
+        if self._req is None and self.transport is not None:
+            self._next(data if not self.buf else self._take_buffer(data))
             return
-        if self._req is None:
-            self._next()
-        elif len(self.buf) > MAX_HEAD and not self._paused:
+        self.buf += data
+        if len(self.buf) > MAX_HEAD and not self._paused and self.transport is not None:
             self._paused = True  # pipelined requests wait; don't buffer without bound
             self.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -182,45 +181,54 @@ class ClientConnection(asyncio.Protocol):
         if self._req is None and self.transport is not None:
             self.transport.close()
 
-    def _next(self) -> None:
-        """Take the next request from the buffer when it is complete and simple; else hand off."""
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
+    def _take_buffer(self, more: bytes = b"") -> bytes:
+        self.buf += more
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def _next(self, data: bytes) -> None:
+        """Serve the request at the start of `data` (all unserved bytes) if it is complete and simple;
+        hand the connection off otherwise. Bytes not consumed stay in self.buf."""
+        end = data.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > MAX_HEAD:
+            self.buf += data
+            if len(data) > MAX_HEAD:
                 self._hand_off()  # the slow path answers 400
             return
-        raw = bytes(buf[: end + 4])
+        raw = data[: end + 4]
         try:
             req = parse_request(raw)
         except BadRequest:
-            self._hand_off()
+            self._hand_off(data)
             return
         if req.method == "CONNECT" or req.upgrade or req.expect_continue or req.body == Body.CHUNKED:
-            self._hand_off()
+            self._hand_off(data)
             return
         size = end + 4
         if req.body == Body.LENGTH:
             if req.length > REPLAY_LIMIT:
-                self._hand_off()
+                self._hand_off(data)
                 return
             size += req.length
-            if len(buf) < size:
+            if len(data) < size:
+                self.buf += data
                 return  # the rest of a small body is on its way
-            raw = bytes(buf[:size])
+            raw = data[:size]
         try:
             route, dest, host, port = self.fwd.resolve(req, self.origin)
         except BadRequest:
-            self._hand_off()
+            self._hand_off(data)
             return
         cred = None
         if route is not None:
             cred = self.fwd.credentials.peek(route.audience)
             if cred is None:
-                self._hand_off()  # one exchange, awaited by the slow path
+                self._hand_off(data)  # one exchange, awaited by the slow path
                 return
             req.target = self.fwd.injector(route)(req.headers, req.target, cred.token)
-        del buf[:size]
+        if len(data) > size:
+            self.buf += data[size:]  # pipelined: served after this response
         self.fwd.observe(host, port, route is not None)
         self._req, self._raw, self._route, self._cred = req, raw, route, cred
         self._target = route.name if route is not None else UNGOVERNED
@@ -255,19 +263,22 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         if self._resp is None:
-            self._ubuf += data
-            end = self._ubuf.find(b"\r\n\r\n")
+            if self._ubuf:
+                self._ubuf += data
+                data = bytes(self._ubuf)
+            end = data.find(b"\r\n\r\n")
             if end < 0:
-                if len(self._ubuf) > MAX_HEAD:
+                self._ubuf[:] = data
+                if len(data) > MAX_HEAD:
                     self._fail(UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes"))
                 return
-            raw = bytes(self._ubuf[: end + 4])
+            raw = data[: end + 4]
             try:
                 resp = parse_response(raw, self._req.method)  # type: ignore[union-attr]
             except UpstreamProtocolError as exc:
                 self._fail(exc)
                 return
-            rest = bytes(self._ubuf[end + 4 :])
+            rest = data[end + 4 :]
             if resp.status == 401 and self._cred is not None:
                 self._replay_after_401()
                 return
@@ -317,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
         if self.buf:
-            self._next()
+            self._next(self._take_buffer())
 
     def _detach_upstream(self, *, reuse: bool) -> None:
         up, self._up = self._up, None
@@ -382,7 +393,8 @@ class ClientConnection(asyncio.Protocol):
 
         self._spawn(counted())
 
-    def _hand_off(self) -> None:
+    def _hand_off(self, unserved: bytes = b"") -> None:
+        self.buf[:0] = unserved
         reader, writer = self._streams()
         self._spawn_slow(self._slow_path(reader, writer))
 

@@ -112,6 +112,7 @@ def _split_head(raw: bytes, error: type[ProxyError]) -> tuple[list[str], list[st
 _FRAMING = frozenset(
     {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
 )
+_SPECIAL = _FRAMING | HOP_BY_HOP
 
 
 def _frame(
@@ -121,7 +122,7 @@ def _frame(
     conn_tokens: set[str] = set()
     te = cl = None
     kept = headers
-    if not _FRAMING.isdisjoint(names) or not HOP_BY_HOP.isdisjoint(names):
+    if not _SPECIAL.isdisjoint(names):
         kept = []
         for lname, header in zip(names, headers, strict=True):
             if lname in _FRAMING:

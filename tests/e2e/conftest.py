@@ -36,8 +36,10 @@ class Sesame:
                 assert resp.status == expect, (method, path, resp.status, data)
             return data
 
-    async def govern(self, name: str, host: str, port: int, secret: str, **target: Any) -> dict[str, str]:
-        """Register a target and a static provider, and allow the workload to use them → their ids."""
+    async def govern(
+        self, name: str, host: str, port: int, secret: str, *, effect: str = "allow", **target: Any
+    ) -> dict[str, str]:
+        """Register a target and a static provider, and a policy (`effect`) for the workload → their ids."""
         tg = await self.api("POST", "/v1/targets", {"name": name, "host": host, "port": port, **target}, 201)
         pr = await self.api(
             "POST",
@@ -52,7 +54,7 @@ class Sesame:
                 "workload_id": self.workload_id,
                 "target_id": tg["id"],
                 "provider_id": pr["id"],
-                "effect": "allow",
+                "effect": effect,
                 "max_ttl_seconds": 600,
             },
             201,

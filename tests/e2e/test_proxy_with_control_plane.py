@@ -44,10 +44,11 @@ async def test_governed_call_gets_the_key_denied_call_gets_403_and_both_are_audi
         "ledger-key", ssl_context=server_context(pki.server_cert, pki.server_key)
     ).start()
     await sesame.govern("payments", "localhost", api.port, API_KEY)
-    ids = await sesame.govern("ledger", "localhost", ledger.port, "ledger-key")
+    # A deny policy: the control plane lists the target (effect deny), so the proxy governs it and
+    # the exchange refuses, audited. No dependence on when the proxy refreshes its routes.
+    await sesame.govern("ledger", "localhost", ledger.port, "ledger-key", effect="deny")
     proxy = await start(sesame, pki)
-    # The admin withdraws the ledger grant after the proxy loaded its routes.
-    await sesame.api("PATCH", f"/v1/policies/{ids['policy']}", {"effect": "deny"}, 200)
+    assert {r.name for r in proxy.routes.table.routes} == {"payments", "ledger"}
     try:
         verify = ssl.create_default_context(cafile=str(pki.client_bundle))
         async with httpx.AsyncClient(proxy=proxy_url(proxy), verify=verify, timeout=10) as client:
@@ -100,3 +101,21 @@ async def test_cached_credential_outlives_the_control_plane_until_it_expires(tmp
     assert (first.status_code, cached.status_code, closed.status_code) == (200, 200, 503)
     assert closed.json()["error"] == "credential_unavailable"
     assert [s.authorized for s in api.seen] == [True, True]
+
+
+async def test_grant_withdrawn_after_routes_loaded_stays_governed_after_a_refresh(sesame, pki):
+    api = await ApiServer(API_KEY, ssl_context=server_context(pki.server_cert, pki.server_key)).start()
+    ids = await sesame.govern("payments", "localhost", api.port, API_KEY)
+    proxy = await start(sesame, pki)
+    await sesame.api("PATCH", f"/v1/policies/{ids['policy']}", {"effect": "deny"}, 200)
+    await proxy.routes.refresh()  # the refresh that used to drop the route (and ungovern the host)
+    try:
+        verify = ssl.create_default_context(cafile=str(pki.client_bundle))
+        async with httpx.AsyncClient(proxy=proxy_url(proxy), verify=verify, timeout=10) as client:
+            denied = await client.get(f"https://localhost:{api.port}/v1/charges")
+    finally:
+        await proxy.close()
+        await api.close()
+    assert denied.status_code == 403
+    assert denied.json()["error"] == "policy_denied"
+    assert api.seen == []

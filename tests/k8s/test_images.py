@@ -57,7 +57,9 @@ def test_hadolint_flags_a_careless_dockerfile(tmp_path):
         assert rule in proc.stdout
 
 
-@pytest.mark.parametrize(("image", "uid", "extra"), [("cp", "10001", ""), ("proxy", "1337", "[proxy]")])
+@pytest.mark.parametrize(
+    ("image", "uid", "extra"), [("cp", "10001", "[postgres]"), ("proxy", "1337", "[proxy]")]
+)
 def test_images_are_multi_stage_slim_non_root_and_versioned(image: str, uid: str, extra: str):
     text = DOCKERFILES[image].read_text()
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
@@ -153,6 +155,7 @@ def test_runtime_install_steps_resolve_in_a_fresh_virtualenv(project_wheel: Path
             assert dep in installed[image], f"{image} image lacks {dep}"
     assert "mitmproxy" in installed["proxy"]
     assert "mitmproxy" not in installed["cp"], "the control plane image must not carry mitmproxy"
+    assert "asyncpg" in installed["cp"], "the control plane image must speak PostgreSQL (database.type)"
 
     proc = subprocess.run(
         [

@@ -303,7 +303,7 @@ async def test_upstream_stalled_mid_body_is_cut_after_the_stream_idle_timeout(
     assert received.endswith(b"first-bytes")
     await asyncio.wait_for(upstream_closed.wait(), 10)
     writer.close()
-    sample = proxy.metrics.registry.get_sample_value
+    sample = proxy.metrics.sample
     assert (
         sample("sesame_proxy_requests_total", {"target": "ungoverned", "outcome": "stream_idle_timeout"}) == 1
     )

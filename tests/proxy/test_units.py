@@ -175,3 +175,25 @@ def test_init_ca_writes_private_ca_and_public_trust_material(tmp_path):
             check=True,
         ).stdout
         assert "trustedCertEntry" in out
+
+
+def test_metrics_render_in_the_prometheus_text_format():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from proxy.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.request("api", "forwarded")
+    metrics.request("api", "forwarded")
+    metrics.cache_hit.inc()
+    metrics.exchange_seconds.labels("ok").observe(0.02)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    assert families["sesame_proxy_requests"].type == "counter"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("sesame_proxy_requests_total", (("outcome", "forwarded"), ("target", "api")))] == 2
+    assert samples[("sesame_proxy_exchange_seconds_bucket", (("le", "0.01"), ("result", "ok")))] == 0
+    assert samples[("sesame_proxy_exchange_seconds_bucket", (("le", "0.025"), ("result", "ok")))] == 1
+    assert samples[("sesame_proxy_exchange_seconds_count", (("result", "ok"),))] == 1
+    assert metrics.sample("sesame_proxy_credential_cache_total", {"result": "hit"}) == 1

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from controlplane.pagination import Page
-from controlplane.store.sql.database import AUDIT_LOCK, Database
+from controlplane.store.sql.database import AUDIT_LOCK, Database, InThreadWrites, SyncTransaction
 
 __all__ = ["AUDIT_FIELDS", "DEFAULT_EXPORT_BATCH", "GENESIS", "ExportKey", "Link", "SqlAudit"]
 
@@ -38,6 +38,7 @@ _FILTERS = {"workload_id", "target_service", "type", "actor", "correlation_id"}
 _SELECT = "seq, " + ", ".join(AUDIT_FIELDS) + ", prev_hash, hash"
 _COLS = (*AUDIT_FIELDS, "prev_hash", "hash")
 _INSERT = f"INSERT INTO audit_events ({', '.join(_COLS)}) VALUES ({', '.join('?' for _ in _COLS)})"
+_GET_HEAD = "SELECT value FROM meta WHERE key = 'audit_head'"
 _SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 
 ExportKey = tuple[str, int]  # (ts, seq): the order exports walk and their cursors name
@@ -50,12 +51,18 @@ class SqlAudit:
         self._batch = export_batch
 
     async def append(self, rows: list[dict[str, Any]], *, link: Link) -> list[dict[str, Any]]:
-        """Chain `rows` onto the stored head with `link` and insert them, in one locked transaction."""
+        """Chain `rows` onto the stored head with `link` and insert them, in one locked transaction.
+
+        SQLite runs the whole batch (read head, link, insert, move head, commit) in one hop to its
+        thread; PostgreSQL takes the audit advisory lock so replicas extend one chain.
+        """
+        if isinstance(self._db, InThreadWrites):
+            return await self._db.transact(lambda tx: _append_in_thread(tx, rows, link))
         async with self._db.write() as tx:
             await tx.lock(AUDIT_LOCK)
-            head = await tx.fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+            head = await tx.fetchone(_GET_HEAD)
             chained = link(head["value"] if head else GENESIS, rows)
-            await tx.executemany(_INSERT, [tuple(r[c] for c in _COLS) for r in chained])
+            await tx.executemany(_INSERT, _values(chained))
             await tx.execute(_SET_META, ("audit_head", chained[-1]["hash"]))
         return chained
 
@@ -164,6 +171,19 @@ class SqlAudit:
     async def _meta(self, key: str) -> str | None:
         row = await self._db.fetchone("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else row["value"]
+
+
+def _append_in_thread(tx: SyncTransaction, rows: list[dict[str, Any]], link: Link) -> list[dict[str, Any]]:
+    """`append` as plain calls inside one transaction (BEGIN IMMEDIATE already excludes writers)."""
+    head = tx.fetchone(_GET_HEAD)
+    chained = link(head["value"] if head else GENESIS, rows)
+    tx.executemany(_INSERT, _values(chained))
+    tx.execute(_SET_META, ("audit_head", chained[-1]["hash"]))
+    return chained
+
+
+def _values(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [tuple(r[c] for c in _COLS) for r in rows]
 
 
 def _where(

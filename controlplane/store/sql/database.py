@@ -7,11 +7,21 @@ a broken unique index becomes `UniqueViolation`, anything else `StoreError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["AUDIT_LOCK", "Database", "Result", "Transaction", "UniqueViolation"]
+__all__ = [
+    "AUDIT_LOCK",
+    "Database",
+    "InThreadWrites",
+    "Result",
+    "SyncTransaction",
+    "Transaction",
+    "UniqueViolation",
+]
+
+T = TypeVar("T")
 
 # Names of the cross-replica locks a transaction can take (`Transaction.lock`).
 AUDIT_LOCK = "sesame.audit"
@@ -39,6 +49,24 @@ class Transaction(Protocol):
     async def lock(self, name: str) -> None:
         """Serialise with every other transaction (in any replica) that takes the same lock."""
         ...
+
+
+class SyncTransaction(Protocol):
+    """One open write transaction driven by plain (blocking) calls on the database's own thread."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Result: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
+class InThreadWrites(Protocol):
+    """A backend that can run a whole transaction in one hop to its connection's thread (SQLite).
+
+    Hot paths (the audit writer's batches) use it instead of one `await` per statement.
+    """
+
+    async def transact(self, work: Callable[[SyncTransaction], T]) -> T: ...
 
 
 class Database(Protocol):

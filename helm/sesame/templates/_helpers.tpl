@@ -73,3 +73,40 @@ app.kubernetes.io/component: control-plane
 {{- define "sesame.controlPlaneUrl" -}}
 {{- default (printf "https://%s:%d" (include "sesame.serviceHost" .) (int .Values.service.port)) .Values.injector.controlPlaneUrl }}
 {{- end }}
+
+{{/* The Service's fully qualified DNS name: <svc>.<ns>.svc.<clusterDomain>. */}}
+{{- define "sesame.serviceFqdn" -}}
+{{- printf "%s.%s" (include "sesame.serviceHost" .) (trimSuffix "." .Values.clusterDomain) }}
+{{- end }}
+
+{{/* Every DNS name of the Service: the serving certificate's SANs. */}}
+{{- define "sesame.serviceDnsNames" -}}
+{{- $fullname := include "sesame.fullname" . }}
+{{- list $fullname (printf "%s.%s" $fullname .Release.Namespace) (include "sesame.serviceHost" .) (include "sesame.serviceFqdn" .) | toJson }}
+{{- end }}
+
+{{- define "sesame.postgres" -}}
+{{- eq .Values.database.type "postgresql" }}
+{{- end }}
+
+{{/* Value combinations the schema cannot express: fail the render with a clear message. */}}
+{{- define "sesame.validate" -}}
+{{- $db := .Values.database }}
+{{- if and (eq $db.type "sqlite") (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "replicaCount=%d needs database.type=postgresql: SQLite lives on one volume and serves exactly one control plane replica (set replicaCount=1, or configure database.postgresql)" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if eq $db.type "postgresql" }}
+{{- $pg := $db.postgresql }}
+{{- if not $pg.dsnSecret.name }}
+{{- if or (not $pg.host) (not $pg.passwordSecret.name) }}
+{{- fail "database.type=postgresql needs database.postgresql.dsnSecret.name (a Secret holding the DSN) or database.postgresql.host and database.postgresql.passwordSecret.name" }}
+{{- end }}
+{{- if and (hasPrefix "verify-" $pg.sslMode) (not $pg.caSecret.name) }}
+{{- fail (printf "database.postgresql.sslMode=%s verifies the server against a CA: set database.postgresql.caSecret.name (or sslMode=require)" $pg.sslMode) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.webhook.enabled (not .Values.networkPolicy.apiServerCIDRs) }}
+{{- fail "networkPolicy.enabled=true blocks the API server's webhook calls unless networkPolicy.apiServerCIDRs lists their source addresses (your control-plane node or endpoint CIDRs; 0.0.0.0/0 admits any source on the webhook port)" }}
+{{- end }}
+{{- end }}
