@@ -14,6 +14,7 @@ from controlplane.errors import Unauthorized
 from controlplane.ids import new_id
 from controlplane.permissions import Role
 from controlplane.store.base import ApiKey, ApiKeyStore
+from controlplane.store.sql.database import UniqueViolation
 
 __all__ = ["KEY_PREFIX", "ApiKeys", "generate_key", "hash_key", "key_prefix"]
 
@@ -77,7 +78,10 @@ class ApiKeys:
         """Register `key` as owner if no owner exists yet (Helm bootstrap). True if created."""
         if await self._store.count_role(Role.OWNER.label) > 0:
             return False
-        await self.create(name="bootstrap", role=Role.OWNER, key=key)
+        try:
+            await self.create(name="bootstrap", role=Role.OWNER, key=key)
+        except UniqueViolation:  # another replica registered the same key a moment ago
+            return False
         return True
 
     async def revoke(self, id: str) -> bool:

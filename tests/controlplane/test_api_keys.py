@@ -96,3 +96,28 @@ async def test_bootstrap_key_becomes_owner_only_when_no_owner_exists(tmp_path):
     async with running_control_plane(tmp_path / "cp.db", bootstrap_api_key=second) as cp:
         async with client_for(cp, second) as c:
             assert (await c.get("/v1/workloads")).status_code == 401
+
+
+async def test_replicas_bootstrapping_the_same_key_at_once_register_it_once(tmp_path):
+    """Two replicas both see no owner, then both insert the key: the second gives way."""
+    from controlplane.api_keys import ApiKeys
+    from controlplane.clock import SystemClock
+    from controlplane.store import open_store
+
+    key = "ses_" + "r" * 40
+    first, second = await open_store(tmp_path / "cp.db"), await open_store(tmp_path / "cp.db")
+    try:
+        replicas = [ApiKeys(store.api_keys, SystemClock()) for store in (first, second)]
+        assert await replicas[0].ensure_bootstrap(key) is True
+
+        async def no_owner_yet(role: str) -> int:  # the second replica read before the first wrote
+            return 0
+
+        second.api_keys.count_role = no_owner_yet
+        assert await replicas[1].ensure_bootstrap(key) is False
+        rows = await first.db.fetchall("SELECT role FROM api_keys")
+        assert [r["role"] for r in rows] == ["owner"]
+        assert (await replicas[1].authenticate(key)).role == "owner"
+    finally:
+        await first.close()
+        await second.close()

@@ -137,7 +137,9 @@ MIGRATIONS: list[Migration] = [
     Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
     Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
     Migration(3, "audit export keyset index", _AUDIT_KEYSET),
-    # Append Migration(4, ...) here.
+    # Replicas bootstrapping the same key at once: the second insert fails instead of duplicating it.
+    Migration(4, "api key hashes are unique", "CREATE UNIQUE INDEX api_keys_hash ON api_keys(key_hash);"),
+    # Append Migration(5, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.
