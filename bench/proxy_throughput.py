@@ -9,6 +9,8 @@ Targets (issue 4): >= 35 % of nginx's req/s; +p50 <= 0.25 ms at c1; <= 0.10 vCPU
 1000 req/s; intercepted HTTPS kept-alive +p50 <= 0.5 ms; new intercepted TLS connection <= 3 ms CPU.
 
     .venv/bin/python -m bench.proxy_throughput [--seconds 5] [--tls-requests 500] [--tls-connections 100]
+        [--baseline DIR]   # also measure another proxy package in the same run (before/after):
+                           # mkdir /tmp/before && git archive REV proxy | tar -x -C /tmp/before
 
 Needs `wrk` and `nginx` (Debian: apt-get install -y wrk nginx).
 """
@@ -37,6 +39,7 @@ from devkit.demo import Admin, process, wait_ready
 from devkit.issuer import ClusterIssuer
 
 KEY = "bench-key"
+REPO = Path(__file__).resolve().parent.parent
 NGINX_CONF = """
 worker_processes 1; daemon off; user root; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -64,13 +67,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def nginx(stack: ExitStack, root: Path, name: str, body: str, core: int) -> None:
+def nginx(stack: ExitStack, root: Path, name: str, body: str, core: int) -> int:
     d = root / name
     d.mkdir()
     (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, body=body))
     proc = subprocess.Popen(["taskset", "-c", str(core), "nginx", "-c", str(d / "nginx.conf"), "-p", str(d)])
     stack.callback(lambda: (proc.terminate(), proc.wait(10)))
     time.sleep(0.3)
+    return proc.pid
 
 
 def _us(value: str) -> float:
@@ -136,18 +140,72 @@ def timed(sock: ssl.SSLSocket, host: str, n: int) -> float:
     return statistics.median(samples) * 1e6
 
 
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def start_proxy(
+    stack: ExitStack, argv_tail: list[str], src: Path, profile: str | None
+) -> tuple[int, str, str]:
+    """A proxy process running the code in `src` → (pid, listen, admin)."""
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    argv = ["taskset", "-c", "1", sys.executable, *prof, "-m", "proxy.main", "run", *argv_tail]
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{REPO}"}
+    proc, info = stack.enter_context(process(argv, "proxy started", stderr=subprocess.PIPE, cwd=src, env=env))
+    wait_ready(f"http://{info['admin']}")
+    return proc.pid, info["listen"], info["admin"]
+
+
+def measure_proxy(
+    pid: int, listen: str, target: str, tls: tuple[ssl.SSLContext, int], args: argparse.Namespace
+) -> dict[str, dict]:
+    """wrk c1/c50 through the proxy, its CPU per request and RSS; intercepted HTTPS latency and CPU."""
+    proxy_url = f"http://{listen}"
+    # warm up: one exchange, pooled connections
+    urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url})).open(
+        target, timeout=10
+    ).read()
+    out: dict[str, dict] = {}
+    for conns in (1, 50):
+        before = cpu_seconds(pid)
+        r = wrk(proxy_url, conns, args.seconds, absolute=target)
+        r["cpu_ms_per_req"] = (cpu_seconds(pid) - before) / max(r["requests"], 1) * 1000
+        out[f"c{conns}"] = r
+    client, https_port = tls
+    port = int(listen.rsplit(":", 1)[1])
+    via_sock = tls_via_proxy(("127.0.0.1", port), "localhost", https_port, client)
+    timed(via_sock, "localhost", 50)
+    out["tls"] = {"keepalive_p50_us": timed(via_sock, "localhost", args.tls_requests)}
+    via_sock.close()
+    before = cpu_seconds(pid)
+    for _ in range(args.tls_connections):
+        sock = tls_via_proxy(("127.0.0.1", port), "localhost", https_port, client)
+        get(sock, "localhost")
+        sock.close()
+    out["tls"]["new_conn_cpu_ms"] = (cpu_seconds(pid) - before) / args.tls_connections * 1000
+    out["rss"] = {"rss_mb": status_kib(pid, "VmRSS") / 1024, "peak_mb": status_kib(pid, "VmHWM") / 1024}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.proxy_throughput")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--tls-requests", type=int, default=500)
     parser.add_argument("--tls-connections", type=int, default=100)
     parser.add_argument("--profile", help="write a cProfile of the proxy to this file")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure the proxy package found in this directory (e.g. `git archive REV proxy | tar -x`)",
+    )
     args = parser.parse_args()
     if not (shutil.which("wrk") and shutil.which("nginx") and shutil.which("taskset")):
         print("needs wrk, nginx and taskset (apt-get install -y wrk nginx)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {0})
     results: dict[str, dict] = {}
+    proxies: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="sesame-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         ca = DevCA("bench CA")
@@ -161,7 +219,9 @@ def main() -> int:
             UPSTREAM.format(http=http_port, https=https_port, cert=cert.cert_file, key=cert.key_file),
             core=0,
         )
-        nginx(stack, root, "reverse", REVERSE.format(http=http_port, rp=rp_port, key=KEY), core=1)
+        reverse_pid = nginx(
+            stack, root, "reverse", REVERSE.format(http=http_port, rp=rp_port, key=KEY), core=1
+        )
 
         issuer = stack.enter_context(ClusterIssuer.in_thread())
         cp = stack.enter_context(control_plane_process(root / "cp.db"))
@@ -203,72 +263,61 @@ def main() -> int:
                 },
             )
         token = issuer.write_token(root / "token", namespace="bench", service_account="bench", ttl=3600)
-        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-        flags = f"--control-plane {cp.url} --token-file {token} --listen 127.0.0.1:0 --admin 127.0.0.1:0"
-        flags += f" --ca-dir {root / 'podca'} --upstream-ca {ca_file}"
-        argv = ["taskset", "-c", "1", sys.executable, *profile, "-m", "proxy.main", "run", *flags.split()]
-        proxy, info = stack.enter_context(process(argv, "proxy started", stderr=subprocess.PIPE))
-        wait_ready(f"http://{info['admin']}")
-        proxy_url = f"http://{info['listen']}"
         target = f"http://127.0.0.1:{http_port}/"
-        # warm up: one exchange, pooled connections
-        urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url})).open(
-            target, timeout=10
-        ).read()
-
         for conns in (1, 50):
             results[f"direct c{conns}"] = wrk(target, conns, args.seconds)
-            results[f"nginx c{conns}"] = wrk(f"http://127.0.0.1:{rp_port}/", conns, args.seconds)
-            before = cpu_seconds(proxy.pid)
-            r = wrk(proxy_url, conns, args.seconds, absolute=target)
-            r["cpu_ms_per_req"] = (cpu_seconds(proxy.pid) - before) / max(r["requests"], 1) * 1000
-            results[f"sesame c{conns}"] = r
-        rss_kib, hwm_kib = status_kib(proxy.pid, "VmRSS"), status_kib(proxy.pid, "VmHWM")
-
-        client = ssl.create_default_context(cafile=str(root / "podca" / "sesame-ca-cert.pem"))
-        client.load_verify_locations(cafile=str(ca_file))
+            workers = children(reverse_pid) or [reverse_pid]
+            before = sum(cpu_seconds(w) for w in workers)
+            r = wrk(f"http://127.0.0.1:{rp_port}/", conns, args.seconds)
+            r["cpu_ms_per_req"] = (
+                (sum(cpu_seconds(w) for w in workers) - before) / max(r["requests"], 1) * 1000
+            )
+            results[f"nginx c{conns}"] = r
+        client = ssl.create_default_context(cafile=str(ca_file))
         direct_sock = client.wrap_socket(
             socket.create_connection(("127.0.0.1", https_port)), server_hostname="localhost"
         )
-        via_sock = tls_via_proxy(
-            ("127.0.0.1", int(info["listen"].rsplit(":", 1)[1])), "localhost", https_port, client
-        )
         timed(direct_sock, "localhost", 50)
-        timed(via_sock, "localhost", 50)
-        tls_direct, tls_via = (
-            timed(direct_sock, "localhost", args.tls_requests),
-            timed(via_sock, "localhost", args.tls_requests),
-        )
+        tls_direct = timed(direct_sock, "localhost", args.tls_requests)
         direct_sock.close()
-        via_sock.close()
-        before = cpu_seconds(proxy.pid)
-        for _ in range(args.tls_connections):
-            s = tls_via_proxy(
-                ("127.0.0.1", int(info["listen"].rsplit(":", 1)[1])), "localhost", https_port, client
-            )
-            get(s, "localhost")
-            s.close()
-        new_tls_cpu_ms = (cpu_seconds(proxy.pid) - before) / args.tls_connections * 1000
+        sources = {"sesame": REPO}
+        if args.baseline:
+            sources["baseline"] = args.baseline.resolve()
+        for name, src in sources.items():
+            flags = f"--control-plane {cp.url} --token-file {token} --listen 127.0.0.1:0 --admin 127.0.0.1:0"
+            flags += f" --ca-dir {root / 'podca'} --upstream-ca {ca_file}"
+            profile = args.profile if name == "sesame" else None
+            pid, listen, _ = start_proxy(stack, flags.split(), src, profile)
+            client.load_verify_locations(cafile=str(root / "podca" / "sesame-ca-cert.pem"))
+            proxies[name] = measure_proxy(pid, listen, target, (client, https_port), args)
 
-    print(f"\n{'run':<12}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}")
-    for name, r in results.items():
+    print(f"\n{'run':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}")
+    rows = dict(results)
+    for name, m in proxies.items():
+        rows[f"{name} c1"], rows[f"{name} c50"] = m["c1"], m["c50"]
+    for name, r in rows.items():
         cpu = f"{r['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in r else ""
-        print(f"{name:<12}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{cpu:>12}")
-    ratio = results["sesame c50"]["rps"] / results["nginx c50"]["rps"]
-    added_c1 = results["sesame c1"]["p50_us"] - results["direct c1"]["p50_us"]
-    cpu_at_1k = results["sesame c50"]["cpu_ms_per_req"]  # ms per request ≈ vCPU at 1000 req/s
-    summary = {
-        "sesame_vs_nginx_rps_c50": round(ratio, 3),
-        "sesame_added_p50_ms_c1": round(added_c1 / 1000, 3),
-        "sesame_vcpu_at_1000rps_estimate": round(cpu_at_1k, 3),
-        "sesame_rss_mb": round(rss_kib / 1024, 1),
-        "sesame_peak_rss_mb": round(hwm_kib / 1024, 1),
-        "https_keepalive_added_p50_ms": round((tls_via - tls_direct) / 1000, 3),
-        "new_intercepted_tls_cpu_ms": round(new_tls_cpu_ms, 2),
+        print(f"{name:<16}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{cpu:>12}")
+    nginx_added_c1 = results["nginx c1"]["p50_us"] - results["direct c1"]["p50_us"]
+    summary: dict[str, object] = {
+        "nginx_added_p50_ms_c1": round(nginx_added_c1 / 1000, 3),
+        "nginx_cpu_ms_per_req_c50": round(results["nginx c50"]["cpu_ms_per_req"], 3),
     }
+    for name, m in proxies.items():
+        summary[name] = {
+            "vs_nginx_rps_c50": round(m["c50"]["rps"] / results["nginx c50"]["rps"], 3),
+            "vs_direct_rps_c50": round(m["c50"]["rps"] / results["direct c50"]["rps"], 3),
+            "added_p50_ms_c1": round((m["c1"]["p50_us"] - results["direct c1"]["p50_us"]) / 1000, 3),
+            "cpu_ms_per_req_c50": round(m["c50"]["cpu_ms_per_req"], 3),  # ≈ vCPU at 1000 req/s
+            "cpu_vs_nginx_c50": round(m["c50"]["cpu_ms_per_req"] / results["nginx c50"]["cpu_ms_per_req"], 2),
+            "rss_mb": round(m["rss"]["rss_mb"], 1),
+            "peak_rss_mb": round(m["rss"]["peak_mb"], 1),
+            "https_keepalive_added_p50_ms": round((m["tls"]["keepalive_p50_us"] - tls_direct) / 1000, 3),
+            "new_intercepted_tls_cpu_ms": round(m["tls"]["new_conn_cpu_ms"], 2),
+        }
     print("\n" + json.dumps(summary, indent=2))
     print(
-        "targets: ratio >= 0.35; +p50 c1 <= 0.25 ms; <= 0.10 vCPU and <= 40 MB at 1000 req/s; "
+        "targets: vs_nginx >= 0.35; +p50 c1 <= 0.25 ms; <= 0.10 vCPU (ms/req) and <= 40 MB at 1000 req/s; "
         "HTTPS kept-alive +p50 <= 0.5 ms; new TLS <= 3 ms CPU"
     )
     return 0
