@@ -20,6 +20,7 @@ from proxy.errors import BadRequest, ProxyError, UpstreamProtocolError, Upstream
 from proxy.http1 import REPLAY_LIMIT, UNGOVERNED, Forwarder, Origin
 from proxy.pool import ConnectionPool, Destination, PooledProtocol, Upstream
 from proxy.routes import Route
+from proxy.timers import Watchdog
 from proxy.wire import (
     MAX_HEAD,
     Body,
@@ -31,52 +32,13 @@ from proxy.wire import (
     serialize_head,
 )
 
-__all__ = ["ClientConnection", "SlowPath", "Watchdog"]
+__all__ = ["ClientConnection", "SlowPath"]
 
 log = logging.getLogger("sesame.proxy.http")
 # Called with the client's streams when a connection leaves the fast path (or resumes an exchange).
 SlowPath = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _IDLE, _RESPONSE, _BODY = range(3)
-
-
-class Watchdog:
-    """One lazily re-armed timer: `arm` only moves a deadline; the timer re-schedules itself until the
-    deadline really passes (cheaper than a call_later + cancel per request or per chunk)."""
-
-    __slots__ = ("_deadline", "_handle", "_loop", "_on_expire", "_when")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_expire: Callable[[], None]) -> None:
-        self._loop, self._on_expire = loop, on_expire
-        self._deadline: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._when = 0.0
-
-    def arm(self, timeout: float) -> None:
-        self._deadline = deadline = self._loop.time() + timeout
-        if self._handle is not None:
-            if deadline >= self._when:
-                return  # the timer fires earlier and re-schedules itself
-            self._handle.cancel()
-        self._when = deadline
-        self._handle = self._loop.call_at(deadline, self._fire)
-
-    def cancel(self) -> None:
-        self._deadline = None
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self) -> None:
-        self._handle = None
-        if self._deadline is None:
-            return
-        if self._loop.time() < self._deadline:
-            self._when = self._deadline
-            self._handle = self._loop.call_at(self._deadline, self._fire)
-            return
-        self._deadline = None
-        self._on_expire()
 
 
 class _UpstreamConnection(PooledProtocol):
@@ -161,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handed_off:
             return
+        self._req = None  # nothing more is written to this connection
         self.fwd.metrics.connections.dec()
         if self._watchdog is not None:
             self._watchdog.cancel()

@@ -331,3 +331,24 @@ async def test_client_stalled_mid_body_is_cut_after_the_stream_idle_timeout(cp, 
     await asyncio.wait_for(upstream_closed.wait(), 10)
     assert upstream_got == [b"only-the-start"]
     writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_upstream_connection(
+    cp, start_proxy, raw_servers
+):
+    async def handler(reader, writer):
+        await serve_requests(reader, writer, lambda start, headers, body: ok(start.split(" ")[1].encode()))
+
+    up = await raw_servers(handler)
+    proxy = await start_proxy()
+    reader, writer = await proxy_conn(proxy)
+    writer.write(
+        b"".join(
+            f"GET http://127.0.0.1:{up.port}/r{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            for i in range(5)
+        )
+    )
+    bodies = [(await read_message(reader))[2] for _ in range(5)]
+    writer.close()
+    assert bodies == [b"/r0", b"/r1", b"/r2", b"/r3", b"/r4"]
+    assert up.connections == 1
