@@ -31,6 +31,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_RATE_LIMIT_PER_MINUTE = 120
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_AUDIT_BATCH_MAX = 500
+DEFAULT_AUDIT_EXPORT_MAX_ROWS = 50_000  # rows one /v1/audit/export sends at most (X-Next-Cursor continues)
 DEFAULT_AUDIENCE = "sesame"
 MIN_API_KEY_RANDOM = 32
 
@@ -50,6 +51,7 @@ class Config:
     rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     audit_batch_max: int = DEFAULT_AUDIT_BATCH_MAX
+    audit_export_max_rows: int = DEFAULT_AUDIT_EXPORT_MAX_ROWS  # may only lower the API's ceiling
     audience: str = DEFAULT_AUDIENCE
     log_level: str = "INFO"
     injector: InjectorSettings = field(default_factory=InjectorSettings)  # admission webhook (K8s)
@@ -62,6 +64,8 @@ class Config:
             raise StartupError("rate limit must be at least 1 request per minute")
         if self.sqlite_synchronous not in ("full", "normal"):
             raise StartupError("SESAME_SQLITE_SYNCHRONOUS must be full or normal")
+        if not 1 <= self.audit_export_max_rows <= DEFAULT_AUDIT_EXPORT_MAX_ROWS:
+            raise StartupError(f"audit export cap must be between 1 and {DEFAULT_AUDIT_EXPORT_MAX_ROWS} rows")
         if self.max_body_bytes < 1024:
             raise StartupError("max body size must be at least 1024 bytes")
         key = self.bootstrap_api_key

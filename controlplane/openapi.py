@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controlplane.routes import Route
+from controlplane.routes import API_KEY_AUTH, SA_TOKEN_AUTH, Route
 
-__all__ = ["build_openapi"]
+__all__ = ["SECURITY_SCHEMES", "build_openapi"]
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -18,6 +18,24 @@ _ERROR_SCHEMA = {
         "error": {"type": "string", "description": "stable error code"},
         "message": {"type": "string"},
         "field": {"type": "string", "description": "offending field (invalid_request only)"},
+    },
+}
+
+
+SECURITY_SCHEMES = {
+    API_KEY_AUTH: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "ses_…",
+        "description": "Admin API key (`ses_` + 32 or more characters); each operation's `x-permission` "
+        "and `x-min-role` name what the key's role needs.",
+    },
+    SA_TOKEN_AUTH: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "The pod's projected Kubernetes service-account token (audience `sesame`), "
+        "verified like token exchange's `subject_token` (JWKS or TokenReview of a registered cluster).",
     },
 }
 
@@ -53,13 +71,11 @@ def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, A
                 "required": True,
                 "content": {"application/json": {"schema": route.request.json_schema()}},
             }
+        op.update(route.openapi)
+        op["security"] = _security(route)
         if route.permission is not None:
-            op["security"] = [{"apiKey": []}]
             op["x-permission"] = route.permission.name
             op["x-min-role"] = route.permission.role.label
-        else:
-            op["security"] = []
-        op.update(route.openapi)
         paths.setdefault(path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -70,12 +86,21 @@ def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, A
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "Admin API key (ses_…)"}
-            },
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": {"Error": _ERROR_SCHEMA},
         },
     }
+
+
+def _security(route: Route) -> list[dict[str, list[str]]]:
+    """The operation's security requirement: the API key, the route's own scheme, or none (public)."""
+    if route.permission is not None:
+        return [{API_KEY_AUTH: []}]
+    if route.auth is not None:
+        if route.auth not in SECURITY_SCHEMES:
+            raise ValueError(f"{route.method} {route.path}: unknown security scheme {route.auth!r}")
+        return [{route.auth: []}]
+    return []
 
 
 def _tag(path: str) -> str:
@@ -98,6 +123,8 @@ def _responses(route: Route) -> dict[str, Any]:
         out["401"] = error
         out["403"] = error
         out["429"] = error
+    elif route.auth is not None:
+        out["401"] = error
     if "{" in route.path:
         out["404"] = error
     out["default"] = error

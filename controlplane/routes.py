@@ -7,7 +7,8 @@
         Route("POST", "/v1/token-exchange", exchange, None, "Exchange an SA token"),  # public
     ]
 
-`permission=None` means public or custom auth (probes, JWKS, token exchange, admission webhook).
+`permission=None` means public or custom auth (probes, JWKS, token exchange, admission webhook);
+routes with custom auth name it in `auth` (an OpenAPI security scheme, e.g. `SA_TOKEN_AUTH`).
 When `request`/`query` are set, the body/query string is validated before the handler runs and
 is available as `request[BODY]` / `request[QUERY]` (see `controlplane.appkeys`).
 """
@@ -23,9 +24,13 @@ from aiohttp import web
 from controlplane.permissions import Permission
 from controlplane.validation import Obj
 
-__all__ = ["Handler", "Route"]
+__all__ = ["API_KEY_AUTH", "SA_TOKEN_AUTH", "Handler", "Route"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# OpenAPI security scheme names (defined in `controlplane.openapi`).
+API_KEY_AUTH = "apiKey"  # every route with a permission: Authorization: Bearer ses_…
+SA_TOKEN_AUTH = "serviceAccountToken"  # proxy-facing routes: Bearer <pod's projected SA token>
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class Route:
     openapi: dict[str, Any] = field(default_factory=dict)
     # Response content type documented in OpenAPI.
     content_type: str = "application/json"
+    # Custom authentication of a `permission=None` route (an OpenAPI security scheme name).
+    auth: str | None = None
 
     @property
     def operation_id(self) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from proxy.admin import AdminServer
 from proxy.config import ProxySettings
@@ -21,7 +23,11 @@ from proxy.reporter import Observations, Reporter
 from proxy.routes import RouteSync
 from proxy.tls import LeafCertificates, UpstreamTLS, client_context, load_pod_ca
 
-__all__ = ["Proxy", "run"]
+__all__ = ["WORKER_THREADS", "Proxy", "run"]
+
+# Threads for blocking work off the event loop: loading the pod CA and signing leaf certificates.
+# A burst of new governed hosts queues here instead of starting a thread (and malloc arena) per host.
+WORKER_THREADS = 2
 
 log = logging.getLogger("sesame.proxy")
 
@@ -129,9 +135,12 @@ async def run(settings: ProxySettings) -> None:
     """Run until SIGTERM/SIGINT or POST /quitquitquit, then shut down gracefully."""
     proxy = Proxy(settings)
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="sesame-worker"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.quit.set)
     await proxy.start()
+    gc.collect()
+    gc.freeze()  # startup objects (modules, routes, contexts) are never freed: keep them out of GC passes
     try:
         await proxy.quit.wait()
         log.info("shutting down")

@@ -6,6 +6,7 @@ accept → classify → credential → inject → forward → relay, all in `dat
 (CONNECT, upgrades, 100-continue, streamed or chunked bodies, credential misses, interim, chunked or
 close-delimited responses, an upstream 401 to replay) is handed to the streams Forwarder
 (proxy/http1.py) together with the bytes read so far. Same parsing, routing and injection code.
+This module is the client side; proxy/upstream_protocol.py frames the upstream's responses.
 """
 
 from __future__ import annotations
@@ -16,21 +17,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from proxy.credentials import Credential
-from proxy.errors import BadRequest, ProxyError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import BadRequest, ProxyError, UpstreamTimeout, UpstreamUnreachable
 from proxy.http1 import REPLAY_LIMIT, UNGOVERNED, Forwarder, Origin
-from proxy.pool import ConnectionPool, Destination, PooledProtocol, Upstream
+from proxy.pool import ConnectionPool, Destination, Upstream
 from proxy.routes import Route
 from proxy.timers import Watchdog
-from proxy.wire import (
-    MAX_HEAD,
-    Body,
-    Request,
-    Response,
-    error_response,
-    parse_request,
-    parse_response,
-    serialize_head,
-)
+from proxy.upstream_protocol import UpstreamConnection
+from proxy.wire import MAX_HEAD, Body, Request, Response, error_response, parse_request, serialize_head
 
 __all__ = ["ClientConnection", "SlowPath"]
 
@@ -39,24 +32,6 @@ log = logging.getLogger("sesame.proxy.http")
 SlowPath = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _IDLE, _RESPONSE, _BODY = range(3)
-
-
-class _UpstreamConnection(PooledProtocol):
-    """A pooled upstream connection; while an exchange runs, its bytes go to that client."""
-
-    def __init__(self) -> None:
-        self.client: ClientConnection | None = None
-
-    def data_received(self, data: bytes) -> None:
-        if self.client is None:  # bytes nobody asked for: never reuse this connection
-            self.close()
-            return
-        self.client.upstream_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.client is not None:
-            self.client.upstream_lost()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -90,12 +65,8 @@ class ClientConnection(asyncio.Protocol):
         self._route: Route | None = None
         self._cred: Credential | None = None
         self._target = UNGOVERNED
-        self._up: _UpstreamConnection | None = None
+        self._up: UpstreamConnection | None = None
         self._reused = False
-        self._ubuf = bytearray()
-        self._resp: Response | None = None
-        self._remaining = 0
-        self._upstream_keep = True
 
     # client side
 
@@ -206,7 +177,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, dest: Destination) -> None:
         try:
-            up = await self.pool.connect(dest, _UpstreamConnection)
+            up = await self.pool.connect(dest, UpstreamConnection)
         except ProxyError as exc:
             if self._req is not None and not self._handed_off:
                 self._fail(exc)
@@ -216,71 +187,49 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send(up, reused=False)  # type: ignore[arg-type]
 
-    def _send(self, up: _UpstreamConnection, *, reused: bool) -> None:
-        up.client, self._up, self._reused = self, up, reused
-        self._ubuf.clear()
-        self._resp, self._upstream_keep = None, True
-        up.transport.write(self._out)  # type: ignore[union-attr]
+    def _send(self, up: UpstreamConnection, *, reused: bool) -> None:
+        self._up, self._reused = up, reused
+        up.send(self, self._req.method, self._out)  # type: ignore[union-attr]
 
-    # upstream side
+    # upstream side (called by UpstreamConnection: see proxy/upstream_protocol.ResponseSink)
 
-    def upstream_data(self, data: bytes) -> None:
-        if self._resp is None:
-            if self._ubuf:
-                self._ubuf += data
-                data = bytes(self._ubuf)
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                self._ubuf[:] = data
-                if len(data) > MAX_HEAD:
-                    self._fail(UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes"))
-                return
-            raw = data[: end + 4]
-            try:
-                resp = parse_response(raw, self._req.method)  # type: ignore[union-attr]
-            except UpstreamProtocolError as exc:
-                self._fail(exc)
-                return
-            rest = data[end + 4 :]
-            if resp.status == 401 and self._cred is not None:
-                self._replay_after_401()
-                return
-            if resp.status < 200 or (resp.body != Body.LENGTH and resp.body != Body.NONE):
-                self._resume_slow(raw + rest)  # interim, chunked or close-delimited: streams relay it
-                return
-            self._resp, self._remaining = resp, resp.length if resp.body == Body.LENGTH else 0
-            self._upstream_keep = resp.keep_alive
-            close = "" if self._req.keep_alive and not self.closing else "Connection: close\r\n"  # type: ignore[union-attr]
-            head = serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
-            self._phase = _BODY
-            data, head_out = rest, head
-        else:
-            head_out = b""
-        if len(data) > self._remaining:  # more than the framing says: the connection is not reusable
-            data, self._upstream_keep = data[: self._remaining], False
-        self._remaining -= len(data)
-        self.transport.write(head_out + data if head_out else data)  # type: ignore[union-attr]
-        if self._remaining == 0:
+    def response_head(self, resp: Response, raw: bytes, rest: bytes) -> bytes | None:
+        if resp.status == 401 and self._cred is not None:
+            self._replay_after_401()
+            return None
+        if resp.status < 200 or (resp.body != Body.LENGTH and resp.body != Body.NONE):
+            self._resume_slow(raw + rest)  # interim, chunked or close-delimited: streams relay it
+            return None
+        self._phase = _BODY
+        close = "" if self._req.keep_alive and not self.closing else "Connection: close\r\n"  # type: ignore[union-attr]
+        return serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
+
+    def response_body(self, data: bytes, done: bool) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+        if done:
             self._finish()
         else:
             self._watchdog.arm(self.fwd.stream_idle_timeout)  # type: ignore[union-attr]
 
-    def upstream_lost(self) -> None:
-        if self._resp is not None:  # mid-body
+    def upstream_failed(self, exc: ProxyError) -> None:
+        self._fail(exc)
+
+    def upstream_lost(self, *, mid_body: bool, replayable: bool) -> None:
+        if mid_body:
             self._interrupted("response_interrupted")
-        elif self._reused and not self._ubuf:
+        elif self._reused and replayable:
             self._replay()  # a pooled connection the upstream had closed: replay on a new one
         else:
             self._fail(UpstreamUnreachable("the upstream closed the connection without a response"))
 
     def _finish(self) -> None:
-        self._detach_upstream(reuse=self._upstream_keep)
+        self._detach_upstream(reuse=self._up.keep)  # type: ignore[union-attr]
         self.fwd.metrics.request(self._target, "forwarded")
         keep = self._req.keep_alive and not self._eof and not self.closing  # type: ignore[union-attr]
         self._end_exchange(keep)
 
     def _end_exchange(self, keep: bool) -> None:
-        self._req = self._resp = self._route = self._cred = None
+        self._req = self._route = self._cred = None
         self._raw = self._out = b""
         if not keep:
             self.transport.close()  # type: ignore[union-attr]
@@ -297,9 +246,7 @@ class ClientConnection(asyncio.Protocol):
         up, self._up = self._up, None
         if up is None:
             return
-        up.client = None
-        if up.transport is not None and up.transport.is_reading() is False:
-            up.transport.resume_reading()
+        up.detach()
         if reuse:
             self.pool.give(up)
         else:

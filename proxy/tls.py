@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import ipaddress
+import itertools
 import os
+import re
 import ssl
-import tempfile
 import time
 from pathlib import Path
 
 from cryptography import x509
 from mitmproxy import certs
-
-from proxy import pkcs12_truststore
 
 __all__ = [
     "BUNDLE_NAME",
@@ -27,6 +27,7 @@ __all__ = [
     "client_context",
     "init_pod_ca",
     "load_pod_ca",
+    "system_roots_dir",
     "system_roots_file",
 ]
 
@@ -38,6 +39,9 @@ _SYSTEM_BUNDLES = (
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
     "/etc/ssl/cert.pem",  # macOS, BSD
 )
+_SYSTEM_DIRS = ("/etc/ssl/certs", "/etc/pki/tls/certs")  # with c_rehash links when update-ca-certificates ran
+_HASHED = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+_leaf_files = itertools.count()
 ALPN = ["http/1.1"]
 BUNDLE_NAME = "ca-bundle.pem"
 TRUSTSTORE_NAME = "truststore.p12"
@@ -58,6 +62,20 @@ def system_roots_file() -> str:
     return certifi.where()
 
 
+@functools.cache
+def system_roots_dir() -> str | None:
+    """A directory of roots named by subject hash (`<hash>.0`), or None. OpenSSL looks roots up there
+    on demand, so a context does not parse and hold all ~150 roots (~0.5 MB per context)."""
+    for path in _SYSTEM_DIRS:
+        try:
+            with os.scandir(path) as entries:
+                if any(_HASHED.fullmatch(entry.name) for entry in entries):
+                    return path
+        except OSError:
+            continue
+    return None
+
+
 def load_pod_ca(ca_dir: Path) -> certs.CertStore:
     """Load the pod CA from `ca_dir`, creating it (private files, umask 077) when missing."""
     ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,6 +87,8 @@ def init_pod_ca(
 ) -> dict[str, Path]:
     """`sesame-proxy init-ca`: create (or reuse) the pod CA in the private `ca_dir`, and write the apps'
     trust material to `trust_dir`: ca-bundle.pem (system roots + pod CA) and truststore.p12 (Java)."""
+    from proxy import pkcs12_truststore  # init-ca only: not loaded by `run`
+
     store = load_pod_ca(ca_dir)
     ca_pem = store.default_ca.to_pem()
     trust_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +107,16 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def client_context(ca: str | None = None) -> ssl.SSLContext:
-    """Verification against the system roots plus `ca` (PEM text or a PEM file path)."""
-    ctx = ssl.create_default_context(cafile=system_roots_file())
+def client_context(ca: str | None = None, *, roots_dir: str | None = None) -> ssl.SSLContext:
+    """Verification against the system roots plus `ca` (PEM text or a PEM file path).
+
+    The roots come from the hashed directory (`roots_dir`, default system_roots_dir()) when there is
+    one, looked up per handshake; else from the bundle file, loaded whole."""
+    roots_dir = roots_dir or system_roots_dir()
+    if roots_dir:
+        ctx = ssl.create_default_context(capath=roots_dir)
+    else:
+        ctx = ssl.create_default_context(cafile=system_roots_file())
     if ca and ca.lstrip().startswith("-----BEGIN"):
         ctx.load_verify_locations(cadata=ca)
     elif ca:
@@ -134,7 +161,9 @@ class LeafCertificates:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(ALPN)
-        fd, leaf_path = tempfile.mkstemp(dir=self._dir, prefix=".leaf-", suffix=".pem")
+        # load_cert_chain reads files only: a private, unique, short-lived file in the CA directory
+        leaf_path = self._dir / f".leaf-{os.getpid()}-{next(_leaf_files)}.pem"
+        fd = os.open(leaf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(entry.cert.to_pem())

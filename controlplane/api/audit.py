@@ -10,34 +10,23 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.appkeys import BODY, CLOCK, QUERY, STORE
+from controlplane.appkeys import BODY, CLOCK, CONFIG, QUERY, STORE
 from controlplane.audit import verify_chain
 from controlplane.clock import format_ts, parse_ts
+from controlplane.config import DEFAULT_AUDIT_EXPORT_MAX_ROWS
 from controlplane.errors import InvalidRequest
 from controlplane.http import audit_event, cursor_seq, json_response, page_response
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
 from controlplane.routes import Route
+from controlplane.store.sql.audit import AUDIT_FIELDS
 from controlplane.validation import Int, Obj, Str
 
 __all__ = ["EXPORT_MAX_ROWS", "NEXT_CURSOR_HEADER", "ROUTES"]
 
-EXPORT_MAX_ROWS = 50_000
+EXPORT_MAX_ROWS = DEFAULT_AUDIT_EXPORT_MAX_ROWS  # API ceiling; Config.audit_export_max_rows may lower it
 NEXT_CURSOR_HEADER = "X-Next-Cursor"  # set on an export cut short by `limit`; pass back as `cursor`
-EXPORT_COLUMNS = (
-    "id",
-    "timestamp",
-    "type",
-    "actor",
-    "outcome",
-    "workload_id",
-    "target_service",
-    "audience",
-    "ttl_seconds",
-    "reason",
-    "correlation_id",
-    "extra",
-)
+EXPORT_COLUMNS = tuple("timestamp" if f == "ts" else f for f in AUDIT_FIELDS)  # as /v1/audit names them
 
 _FILTERS = {
     "workload_id": Str(required=False, max_len=100),
@@ -53,7 +42,12 @@ EXPORT_QUERY = Obj(
     {
         **_FILTERS,
         "format": Str(choices=("json", "csv"), default="json"),
-        "limit": Int(min=1, max=EXPORT_MAX_ROWS, default=EXPORT_MAX_ROWS),
+        "limit": Int(
+            min=1,
+            max=EXPORT_MAX_ROWS,
+            required=False,
+            description="rows to send (default and cap: the server's export cap, 50,000 unless lowered)",
+        ),
         "cursor": Str(
             required=False, max_len=200, description=f"the {NEXT_CURSOR_HEADER} of the previous export"
         ),
@@ -122,7 +116,9 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     after = _decode_export_cursor(query.get("cursor"))
     fmt = query["format"]
     audit = request.app[STORE].audit
-    window = {"filters": filters, "since": since, "until": until, "limit": query["limit"], "after": after}
+    cap = request.app[CONFIG].audit_export_max_rows
+    limit = min(query.get("limit") or cap, cap)
+    window = {"filters": filters, "since": since, "until": until, "limit": limit, "after": after}
     through, more = await audit.export_end(**window)
     headers = {
         "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",

@@ -21,7 +21,7 @@ from controlplane.http import audit_event, cursor_seq, json_response, now_ts, pa
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import Permission, Role
 from controlplane.proxy_routes import governed_routes
-from controlplane.routes import Route
+from controlplane.routes import SA_TOKEN_AUTH, Route
 from controlplane.routing import bearer_token
 from controlplane.token_exchange import Attested
 from controlplane.validation import Bool, Int, List, Obj, Str, parse_json
@@ -147,7 +147,14 @@ async def discovery(request: web.Request) -> web.Response:
     return page_response(page)
 
 
-_BEARER_SA = {"description": "Authorization: Bearer <the pod's projected service-account token>"}
+_BEARER_SA = {"description": "Called by the sidecar with the pod's projected service-account token."}
+
+
+def _sa_doc(body: Obj | List) -> dict[str, Any]:
+    """OpenAPI of a sidecar POST: its JSON body is validated by the handler, after SA-token auth."""
+    schema = {"required": True, "content": {"application/json": {"schema": body.json_schema()}}}
+    return {**_BEARER_SA, "requestBody": schema}
+
 
 ROUTES = [
     Route(
@@ -157,6 +164,7 @@ ROUTES = [
         None,
         "Governed routes of the calling workload",
         tags=("proxy",),
+        auth=SA_TOKEN_AUTH,
         openapi=_BEARER_SA,
     ),
     Route(
@@ -167,13 +175,8 @@ ROUTES = [
         "Report a sidecar's liveness",
         status=204,
         tags=("proxy",),
-        openapi={
-            **_BEARER_SA,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": HEARTBEAT_IN.json_schema()}},
-            },
-        },
+        auth=SA_TOKEN_AUTH,
+        openapi=_sa_doc(HEARTBEAT_IN),
     ),
     Route(
         "POST",
@@ -183,13 +186,8 @@ ROUTES = [
         "Report outbound hosts the workload called (counts only)",
         status=204,
         tags=("proxy",),
-        openapi={
-            **_BEARER_SA,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": OBSERVATIONS_IN.json_schema()}},
-            },
-        },
+        auth=SA_TOKEN_AUTH,
+        openapi=_sa_doc(OBSERVATIONS_IN),
     ),
     Route(
         "GET",

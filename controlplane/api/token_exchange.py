@@ -106,6 +106,9 @@ async def rotate_keys(request: web.Request) -> web.Response:
 
 
 _EXCHANGE_DOC = {
+    "description": "No Authorization header: the caller authenticates with the body's `subject_token`, "
+    "the pod's projected Kubernetes service-account token (the same token the `serviceAccountToken` "
+    "scheme carries on /v1/proxy/*), verified against a registered cluster.",
     "requestBody": {
         "required": True,
         "content": {

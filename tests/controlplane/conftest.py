@@ -12,6 +12,7 @@ import pytest
 
 from controlplane.clock import FakeClock
 from devkit.controlplane_server import ControlPlane, running_control_plane
+from devkit.issuer import ClusterIssuer
 from devkit.postgres_server import PostgresServer, PostgresUnavailable, postgres_server
 
 # High enough that ordinary tests never meet the limit; test_rate_limit uses the default.
@@ -21,6 +22,13 @@ TEST_RATE_LIMIT = 100_000
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+async def issuer(clock: FakeClock) -> AsyncIterator[ClusterIssuer]:
+    """A cluster issuer (discovery, JWKS, TokenReview) on port 0 whose tokens follow `clock`."""
+    async with ClusterIssuer(clock=clock.time) as issuer:
+        yield issuer
 
 
 @pytest.fixture

@@ -20,21 +20,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from controlplane.app import create_app
-from controlplane.appkeys import API_KEYS
 from controlplane.clock import FakeClock
-from controlplane.config import Config
 from controlplane.exchange_settings import ExchangeSettings
-from controlplane.permissions import Role
+from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
+from tests.controlplane.conftest import client_for
 
 CLIENT_ID, CLIENT_SECRET = "sesame-client", "s3cr3t:with/odd+chars"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 STATIC_SECRET = "sk_live_do_not_leak_4242"
 
 
-def self_signed_server(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
-    """A server TLS context for `host` and the PEM of its self-signed certificate (the CA to trust)."""
+def write_self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed ECDSA certificate for the IP `host` (its own CA) and its key: PEM files in `folder`."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sesame-test-server")])
     now = datetime.datetime.now(datetime.UTC)
@@ -50,14 +48,19 @@ def self_signed_server(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
-    folder = Path(tempfile.mkdtemp(prefix="sesame-tls-"))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    return cert_path, key_path
+
+
+def self_signed_server(host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
+    """A server TLS context for `host` and the PEM of its self-signed certificate (the CA to trust)."""
+    cert_path, key_path = write_self_signed(Path(tempfile.mkdtemp(prefix="sesame-tls-")), host)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
     return ctx, cert_path.read_text()
@@ -146,71 +149,55 @@ async def exchange_env(tmp_path: Path, settings: ExchangeSettings) -> AsyncItera
     """A control plane (port 0, SQLite in tmp_path) trusting a cluster issuer, with one workload,
     one target (audience https://api.example) and one static provider registered; no policy."""
     clock = FakeClock()
-    async with ClusterIssuer(clock=clock.time) as issuer:
-        config = Config(
-            db_path=tmp_path / "cp.db",
-            listen_port=0,
-            kek=b"k" * 32,
-            rate_limit_per_minute=100_000,
-            exchange=settings,
+    async with (
+        ClusterIssuer(clock=clock.time) as issuer,
+        running_control_plane(
+            tmp_path / "cp.db", clock=clock, kek=b"k" * 32, rate_limit_per_minute=100_000, exchange=settings
+        ) as cp,
+        client_for(cp, cp.owner_key) as admin,
+        client_for(cp, None) as http,
+    ):
+        partial = Env(cp.url, admin, http, issuer, clock, "", "", "", "")
+        cluster = await partial.create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
+        workload = await partial.create(
+            "/v1/workloads",
+            {
+                "name": "checkout",
+                "attestation": {
+                    "type": "kubernetes-service-account",
+                    "namespace": "shop",
+                    "service_account": "checkout",
+                    "cluster": "prod",
+                },
+            },
         )
-        app = create_app(config, clock=clock)
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            _, owner = await app[API_KEYS].create(name="owner", role=Role.OWNER)
-            async with (
-                httpx.AsyncClient(
-                    base_url=url, headers={"Authorization": f"Bearer {owner}"}, timeout=30
-                ) as admin,
-                httpx.AsyncClient(base_url=url, timeout=30) as http,
-            ):
-                partial = Env(url, admin, http, issuer, clock, "", "", "", "")
-                cluster = await partial.create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
-                workload = await partial.create(
-                    "/v1/workloads",
-                    {
-                        "name": "checkout",
-                        "attestation": {
-                            "type": "kubernetes-service-account",
-                            "namespace": "shop",
-                            "service_account": "checkout",
-                            "cluster": "prod",
-                        },
-                    },
-                )
-                target = await partial.create(
-                    "/v1/targets",
-                    {
-                        "name": "example-api",
-                        "host": "api.example",
-                        "audience": "https://api.example",
-                    },
-                )
-                provider = await partial.create(
-                    "/v1/credential-providers",
-                    {
-                        "name": "example-key",
-                        "type": "static",
-                        "config": {"value": STATIC_SECRET},
-                    },
-                )
-                yield Env(
-                    url,
-                    admin,
-                    http,
-                    issuer,
-                    clock,
-                    workload["id"],
-                    target["id"],
-                    provider["id"],
-                    cluster["id"],
-                )
-        finally:
-            await runner.cleanup()
+        target = await partial.create(
+            "/v1/targets",
+            {
+                "name": "example-api",
+                "host": "api.example",
+                "audience": "https://api.example",
+            },
+        )
+        provider = await partial.create(
+            "/v1/credential-providers",
+            {
+                "name": "example-key",
+                "type": "static",
+                "config": {"value": STATIC_SECRET},
+            },
+        )
+        yield Env(
+            cp.url,
+            admin,
+            http,
+            issuer,
+            clock,
+            workload["id"],
+            target["id"],
+            provider["id"],
+            cluster["id"],
+        )
 
 
 async def allow(env: Env, *, effect: str = "allow", provider_id: str | None = None, ttl: int = 120) -> dict:

@@ -22,17 +22,6 @@ class Clusters:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def issuer(clock: FakeClock):
-    async with ClusterIssuer(clock=clock.time) as issuer:
-        yield issuer
-
-
-@pytest.fixture
 def cluster(issuer: ClusterIssuer) -> ClusterTrust:
     return ClusterTrust(name="prod", issuer=issuer.issuer, id="cl_1")
 

@@ -29,17 +29,6 @@ class Clusters:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def issuer(clock: FakeClock):
-    async with ClusterIssuer(clock=clock.time) as issuer:
-        yield issuer
-
-
-@pytest.fixture
 async def verifier(issuer: ClusterIssuer, clock: FakeClock, tmp_path):
     kubeconfig = issuer.write_kubeconfig(tmp_path / "kubeconfig")
     verifier = TokenReviewVerifier(settings=TokenReviewSettings(kubeconfig=str(kubeconfig)), clock=clock)

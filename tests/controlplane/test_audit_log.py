@@ -7,8 +7,10 @@ import csv
 import io
 import sqlite3
 
+from controlplane.api.audit import NEXT_CURSOR_HEADER
 from controlplane.appkeys import AUDIT
-from tests.controlplane.conftest import client_for, new_key, workload_body
+from devkit.controlplane_server import running_control_plane
+from tests.controlplane.conftest import TEST_RATE_LIMIT, client_for, new_key, workload_body
 
 
 async def test_mutations_are_audited_with_request_id_as_correlation_id(admin):
@@ -110,6 +112,32 @@ async def test_deleting_a_row_or_the_newest_rows_is_detected(admin, control_plan
         db.execute("DELETE FROM audit_events WHERE id = ?", (events[2]["id"],))  # middle
     result = (await admin.get("/v1/audit/verify")).json()
     assert result == {"ok": False, "checked": 1, "first_bad_id": events[1]["id"]}
+
+
+async def test_export_stops_at_the_configured_cap_and_continues_with_the_cursor(tmp_path, clock):
+    """The 50k cap, scaled down to 5 rows: an export (with or without a larger `limit`) stops at
+    the cap and names the continuation; following the cursors yields every row exactly once."""
+    async with running_control_plane(
+        tmp_path / "cap.db", clock=clock, rate_limit_per_minute=TEST_RATE_LIMIT, audit_export_max_rows=5
+    ) as cp, client_for(cp, cp.owner_key) as admin:
+        for i in range(12):
+            await cp.app[AUDIT].record(type="t.cap", actor="test", outcome="success", extra={"n": i})
+        seen: list[int] = []
+        params: dict[str, object] = {"type": "t.cap", "limit": 50_000}
+        for _ in range(10):  # bounded: 12 rows at 5 per export need 3
+            resp = await admin.get("/v1/audit/export", params=params)
+            assert resp.status_code == 200, resp.text
+            page = [e["extra"]["n"] for e in resp.json()]
+            assert len(page) <= 5
+            seen += page
+            cursor = resp.headers.get(NEXT_CURSOR_HEADER)
+            if cursor is None:
+                break
+            assert len(page) == 5
+            params = {"type": "t.cap", "cursor": cursor}
+        assert seen == list(range(12))
+        resp = await admin.get("/v1/audit/export", params={"type": "t.cap", "limit": 2})
+        assert len(resp.json()) == 2 and NEXT_CURSOR_HEADER in resp.headers
 
 
 async def test_export_streams_json_and_csv_from_since(admin, control_plane, clock):

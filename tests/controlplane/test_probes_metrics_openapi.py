@@ -7,7 +7,7 @@ from openapi_spec_validator import validate
 from controlplane.appkeys import READY_CHECKS, ROUTES
 from controlplane.errors import StoreError
 from controlplane.openapi import build_openapi
-from controlplane.routes import Route
+from controlplane.routes import API_KEY_AUTH, SA_TOKEN_AUTH, Route
 from controlplane.validation import Obj, Str
 from tests.controlplane.conftest import workload_body
 
@@ -65,6 +65,32 @@ async def test_openapi_is_valid_3_1_and_covers_every_registered_route(admin, con
     workloads_post = doc["paths"]["/v1/workloads"]["post"]
     schema = workloads_post["requestBody"]["content"]["application/json"]["schema"]
     assert schema["additionalProperties"] is False and "attestation" in schema["required"]
+
+
+async def test_openapi_security_requirements_follow_the_route_table(admin, control_plane):
+    """Permissioned routes need the API key, proxy-facing routes the SA token, public ones nothing."""
+    doc = (await admin.get("/openapi.json")).json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes[API_KEY_AUTH]["scheme"] == schemes[SA_TOKEN_AUTH]["scheme"] == "bearer"
+    seen = {"api key": 0, "sa token": 0, "public": 0}
+    for route in control_plane.app[ROUTES]:
+        security = doc["paths"][route.path][route.method.lower()]["security"]
+        if route.permission is not None:
+            assert security == [{API_KEY_AUTH: []}], (route.method, route.path)
+            seen["api key"] += 1
+        elif route.path.startswith("/v1/proxy/"):
+            assert security == [{SA_TOKEN_AUTH: []}], (route.method, route.path)
+            seen["sa token"] += 1
+        else:
+            assert security == [], (route.method, route.path)
+            seen["public"] += 1
+    assert min(seen.values()) > 0, seen
+    public = {p for p, ops in doc["paths"].items() for op in ops.values() if op["security"] == []}
+    assert {"/healthz", "/v1/jwks", "/v1/token-exchange"} <= public
+    exchange = doc["paths"]["/v1/token-exchange"]["post"]
+    assert "subject_token" in exchange["description"]
+    body = exchange["requestBody"]["content"]["application/json"]["schema"]
+    assert "service-account token" in body["properties"]["subject_token"]["description"]
 
 
 def test_routes_added_later_are_documented():

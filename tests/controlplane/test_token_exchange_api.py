@@ -6,18 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 import jwt
 import pytest
-from aiohttp import web
 
-from controlplane.app import create_app
-from controlplane.appkeys import API_KEYS
 from controlplane.clock import FakeClock
-from controlplane.config import Config
 from controlplane.exchange_settings import ExchangeSettings
-from controlplane.permissions import Role
+from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
+from tests.controlplane.conftest import client_for
 from tests.controlplane.exchange_support import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -205,6 +201,45 @@ async def test_signed_jwts_verify_against_jwks_over_http_across_rotation(env: En
     assert len(kids) == 2
 
 
+async def test_rotated_key_stays_in_jwks_until_every_token_it_signed_has_expired(tmp_path) -> None:
+    """Both halves of the rotation promise, on an injected clock: the previous key is published
+    while a token it signed can still be valid, and dropped once all of them have expired."""
+    settings = ExchangeSettings(rate_limit_per_minute=1000, max_signed_jwt_ttl_seconds=600)
+    async with exchange_env(tmp_path, settings) as env:
+        provider = await env.create(
+            "/v1/credential-providers", {"name": "jwt", "type": "signed-jwt", "config": {}}
+        )
+        await allow(env, provider_id=provider["id"], ttl=3600)  # capped by the 600 s signed-JWT maximum
+        old = (await env.exchange()).json()["access_token"]
+        old_kid = jwt.get_unverified_header(old)["kid"]
+        old_exp = jwt.decode(old, options={"verify_signature": False})["exp"]
+        rotated = await env.admin.post("/v1/keys/rotate")
+        assert rotated.status_code == 200 and rotated.json()["retired"] == [old_kid]
+        new_kid = rotated.json()["kid"]
+
+        async def published() -> dict[str, jwt.PyJWK]:
+            resp = await env.http.get("/v1/jwks")
+            assert resp.status_code == 200
+            return {k.key_id: k for k in jwt.PyJWKSet.from_dict(resp.json()).keys}
+
+        env.clock.advance(599)  # past the key reload interval; the old token is still valid
+        assert env.clock.time() < old_exp
+        keys = await published()
+        assert set(keys) == {old_kid, new_kid}
+        claims = jwt.decode(
+            old,
+            keys[old_kid].key,
+            algorithms=["ES256"],
+            audience="https://api.example",
+            options={"verify_exp": False, "verify_iat": False},
+        )
+        assert claims["exp"] == old_exp
+
+        env.clock.advance(1)  # every token the old key signed has now expired
+        assert env.clock.time() >= old_exp
+        assert set(await published()) == {new_kid}
+
+
 async def test_key_rotation_needs_the_owner_role(env: Env) -> None:
     resp = await env.admin.post("/v1/api-keys", json={"name": "ops", "role": "admin"})
     admin_key = resp.json()["key"]
@@ -271,60 +306,48 @@ async def test_tokenreview_cluster_through_the_real_kubernetes_client(tmp_path) 
         kubeconfig = issuer.write_kubeconfig(tmp_path / "kubeconfig")
         from controlplane.attest import TokenReviewSettings
 
-        config = Config(
-            db_path=tmp_path / "cp.db",
-            listen_port=0,
-            kek=b"k" * 32,
-            exchange=ExchangeSettings(tokenreview=TokenReviewSettings(kubeconfig=str(kubeconfig))),
-        )
-        app = create_app(config, clock=clock)
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            _, owner = await app[API_KEYS].create(name="owner", role=Role.OWNER)
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {owner}"}) as admin:
-                env = Env(url, admin, admin, issuer, clock, "", "", "", "")
-                await env.create(
-                    "/v1/clusters", {"name": "prod", "issuer": issuer.issuer, "verification": "tokenreview"}
-                )
-                wl = await env.create(
-                    "/v1/workloads",
-                    {
-                        "name": "w",
-                        "attestation": {
-                            "type": "kubernetes-service-account",
-                            "namespace": "shop",
-                            "service_account": "checkout",
-                        },
+        settings = ExchangeSettings(tokenreview=TokenReviewSettings(kubeconfig=str(kubeconfig)))
+        async with (
+            running_control_plane(tmp_path / "cp.db", clock=clock, kek=b"k" * 32, exchange=settings) as plane,
+            client_for(plane, plane.owner_key) as admin,
+        ):
+            env = Env(plane.url, admin, admin, issuer, clock, "", "", "", "")
+            await env.create(
+                "/v1/clusters", {"name": "prod", "issuer": issuer.issuer, "verification": "tokenreview"}
+            )
+            wl = await env.create(
+                "/v1/workloads",
+                {
+                    "name": "w",
+                    "attestation": {
+                        "type": "kubernetes-service-account",
+                        "namespace": "shop",
+                        "service_account": "checkout",
                     },
-                )
-                tg = await env.create(
-                    "/v1/targets", {"name": "t", "host": "api.example", "audience": "https://api.example"}
-                )
-                cp = await env.create(
-                    "/v1/credential-providers", {"name": "p", "type": "static", "config": {"value": "v"}}
-                )
-                await env.create(
-                    "/v1/policies",
-                    {
-                        "workload_id": wl["id"],
-                        "target_id": tg["id"],
-                        "provider_id": cp["id"],
-                        "effect": "allow",
-                    },
-                )
-                token = env.token()
-                ok = await env.exchange(token)
-                assert ok.status_code == 200, ok.text
-                issuer.revoke(token)
-                clock.advance(61)
-                refused = await env.exchange(token)
-                assert refused.status_code == 401 and refused.json()["reason"] == "token_review_rejected"
-        finally:
-            await runner.cleanup()
+                },
+            )
+            tg = await env.create(
+                "/v1/targets", {"name": "t", "host": "api.example", "audience": "https://api.example"}
+            )
+            provider = await env.create(
+                "/v1/credential-providers", {"name": "p", "type": "static", "config": {"value": "v"}}
+            )
+            await env.create(
+                "/v1/policies",
+                {
+                    "workload_id": wl["id"],
+                    "target_id": tg["id"],
+                    "provider_id": provider["id"],
+                    "effect": "allow",
+                },
+            )
+            token = env.token()
+            ok = await env.exchange(token)
+            assert ok.status_code == 200, ok.text
+            issuer.revoke(token)
+            clock.advance(61)
+            refused = await env.exchange(token)
+            assert refused.status_code == 401 and refused.json()["reason"] == "token_review_rejected"
     assert issuer.tokenreview_requests == 2
 
 

@@ -10,7 +10,9 @@ import httpx
 import pytest
 import requests
 
+from devkit.upstream import server_context
 from tests.proxy.conftest import API_KEY, client_ssl, proxy_url, route
+from tests.proxy.rawhttp import read_message, serve_requests
 
 
 async def test_httpx_plain_http_gets_bearer_injected(cp, start_proxy, http_api):
@@ -149,3 +151,37 @@ async def test_originate_route_upgrades_plain_request_to_https(cp, start_proxy, 
         resp = await client.get(f"http://localhost:{https_api.port}/v1/hello")
     assert resp.status_code == 200, resp.text
     assert https_api.seen[-1].authorized
+
+
+async def test_intercepted_connection_negotiates_http11_with_app_and_upstream(cp, start_proxy, pki):
+    """The app offers h2 and http/1.1 and gets http/1.1; the upstream (offering both) is asked for
+    http/1.1 only — the proxy speaks HTTP/1.1 on both legs."""
+    upstream_alpn: list[str | None] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_alpn.append(writer.get_extra_info("ssl_object").selected_alpn_protocol())
+        await serve_requests(reader, writer, lambda *_: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    up_ctx = server_context(pki.server_cert, pki.server_key)
+    up_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=up_ctx)
+    port = server.sockets[0].getsockname()[1]
+    cp.script["aud-api"] = [("ok", API_KEY)]
+    cp.routes = [route("api", "localhost", port)]
+    proxy = await start_proxy()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.listener.address)
+        writer.write(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        app_ctx = client_ssl(pki)
+        app_ctx.set_alpn_protocols(["h2", "http/1.1"])
+        await writer.start_tls(app_ctx, server_hostname="localhost")
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
+        writer.write(b"GET /v1/alpn HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        start, _, body = await read_message(reader)
+        writer.close()
+    finally:
+        server.close()
+    assert start.startswith("HTTP/1.1 200") and body == b"ok"
+    assert upstream_alpn == ["http/1.1"]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
 import httpx
+import pytest
 
+from proxy.http1 import REPLAY_LIMIT
 from tests.proxy.conftest import API_KEY, proxy_url, route
+from tests.proxy.rawhttp import RawServer, serve_requests
 
 
 async def get(proxy, url: str, **kwargs) -> httpx.Response:
@@ -71,6 +76,73 @@ async def test_upstream_401_is_returned_after_one_retry(cp, start_proxy, http_ap
     assert resp.status_code == 401
     assert len(http_api.seen) == 2
     assert cp.exchanges_for("aud-api") == 2
+
+
+class KeyCheckingUpstream:
+    """A raw upstream that accepts only the keys in `valid` and records every attempt's key and body."""
+
+    def __init__(self, valid: set[str]) -> None:
+        self.valid = valid
+        self.attempts: list[tuple[str | None, bytes]] = []
+        self.server = RawServer(lambda r, w: serve_requests(r, w, self._respond))
+
+    def _respond(self, start: str, headers: dict, body: bytes) -> bytes:
+        self.attempts.append((headers.get("authorization"), body))
+        status = "200 OK" if headers.get("authorization") in self.valid else "401 Unauthorized"
+        digest = hashlib.sha256(body).hexdigest().encode()  # the body as the upstream received it
+        return f"HTTP/1.1 {status}\r\nContent-Length: {len(digest)}\r\n\r\n".encode() + digest
+
+
+@pytest.fixture
+async def key_upstream():
+    upstream = KeyCheckingUpstream({"Bearer key-1"})
+    await upstream.server.start()
+    yield upstream
+    await upstream.server.close()
+
+
+# warm: the credential is cached before the POST (the fast path sees the 401);
+# cold: the POST itself causes the first exchange (the streams forwarder sees the 401).
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+async def test_upstream_401_replays_a_buffered_body_once_with_the_fresh_credential(
+    cp, start_proxy, key_upstream, warm
+):
+    cp.script["aud-api"] = [("ok", "key-1"), ("ok", "key-2")]
+    cp.routes = [route("api", "127.0.0.1", key_upstream.server.port, scheme="http")]
+    proxy = await start_proxy()
+    url = f"http://127.0.0.1:{key_upstream.server.port}/v1/upload"
+    body = os.urandom(REPLAY_LIMIT)  # the largest replayable body
+    async with httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client:
+        if warm:
+            assert (await client.get(url)).status_code == 200
+            key_upstream.attempts.clear()
+        key_upstream.valid = {"Bearer key-2"}  # the upstream revoked key-1
+        resp = await client.post(url, content=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.text == hashlib.sha256(body).hexdigest()
+    assert key_upstream.attempts == [("Bearer key-1", body), ("Bearer key-2", body)]
+    assert cp.exchanges_for("aud-api") == 2
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
+async def test_upstream_401_with_a_body_over_the_replay_limit_reaches_the_client(
+    cp, start_proxy, key_upstream, warm
+):
+    cp.script["aud-api"] = [("ok", "key-1"), ("ok", "key-2")]
+    cp.routes = [route("api", "127.0.0.1", key_upstream.server.port, scheme="http")]
+    proxy = await start_proxy()
+    url = f"http://127.0.0.1:{key_upstream.server.port}/v1/upload"
+    body = os.urandom(REPLAY_LIMIT + 1)  # streamed, not buffered: cannot be sent twice
+    async with httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client:
+        if warm:
+            assert (await client.get(url)).status_code == 200
+            key_upstream.attempts.clear()
+        key_upstream.valid = {"Bearer key-2"}
+        resp = await client.post(url, content=body)
+    assert resp.status_code == 401
+    assert resp.text == hashlib.sha256(body).hexdigest()  # the upstream's own 401, body intact
+    assert key_upstream.attempts == [("Bearer key-1", body)]
+    assert cp.exchanges_for("aud-api") == 1
 
 
 async def test_hundred_concurrent_cold_requests_cause_one_exchange(cp, start_proxy, http_api):

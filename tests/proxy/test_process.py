@@ -32,11 +32,16 @@ async def proc_proxy(cp, pki, token_file):
             *extra,
         )
         procs.append(p)
-        async with httpx.AsyncClient() as client:  # wait until routes are loaded
+        async with httpx.AsyncClient(timeout=5) as client:  # wait until routes are loaded
             for _ in range(100):
-                if (await client.get(p.admin_url + "/readyz")).status_code == 200:
+                ready = await client.get(p.admin_url + "/readyz")
+                if ready.status_code == 200:
                     break
                 await asyncio.sleep(0.05)
+        assert ready.status_code == 200, (
+            f"the proxy did not become ready in 5 s: /readyz {ready.status_code} {ready.text}; "
+            f"exit code {p.proc.returncode}; stderr: {p.logs}"
+        )
         return p
 
     yield start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -16,7 +17,7 @@ from proxy.errors import ConfigError
 from proxy.identity import TokenFile
 from proxy.inject import compile_injector
 from proxy.routes import Injection, Route, RouteSync
-from proxy.tls import TRUSTSTORE_PASSWORD, init_pod_ca
+from proxy.tls import TRUSTSTORE_PASSWORD, client_context, init_pod_ca
 from tests.proxy.conftest import route
 
 
@@ -197,3 +198,27 @@ def test_metrics_render_in_the_prometheus_text_format():
     assert samples[("sesame_proxy_exchange_seconds_bucket", (("le", "0.025"), ("result", "ok")))] == 1
     assert samples[("sesame_proxy_exchange_seconds_count", (("result", "ok"),))] == 1
     assert metrics.sample("sesame_proxy_credential_cache_total", {"result": "hit"}) == 1
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl computes the subject hashes")
+async def test_roots_are_looked_up_on_demand_in_a_hashed_directory(tmp_path, pki, https_api):
+    """With a c_rehash-style directory, a context parses no root up front and trusts exactly the
+    roots named there by subject hash (the system's /etc/ssl/certs is used this way)."""
+
+    def hashed_dir(name: str, ca_file) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        argv = ["openssl", "x509", "-subject_hash", "-noout", "-in", str(ca_file)]
+        subject_hash = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+        shutil.copy(ca_file, folder / f"{subject_hash}.0")
+        return str(folder)
+
+    trusting = client_context(roots_dir=hashed_dir("dev", pki.dev_ca_file))
+    assert trusting.cert_store_stats()["x509_ca"] == 0  # nothing loaded before a handshake needs it
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", https_api.port, ssl=trusting, server_hostname="localhost"
+    )
+    writer.close()
+    other = client_context(roots_dir=hashed_dir("pod", pki.pod_ca_file))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.open_connection("127.0.0.1", https_api.port, ssl=other, server_hostname="localhost")

@@ -176,14 +176,9 @@ class SqlExchange:
         return row
 
     async def list_approvals(self, *, limit: int, after_seq: int | None, status: str | None) -> Page:
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if after_seq is not None:
-            where.append("seq > ?")
-            params.append(after_seq)
-        return await self._page("approvals", f"seq, {_APPROVAL_COLS}", where, params, limit)
+        return await self._page(
+            "approvals", f"seq, {_APPROVAL_COLS}", limit=limit, after_seq=after_seq, equals={"status": status}
+        )
 
     # fleet and discovery -----------------------------------------------------------------------
     async def heartbeat(
@@ -198,15 +193,12 @@ class SqlExchange:
             )
 
     async def list_proxies(self, *, limit: int, after_seq: int | None, workload_id: str | None) -> Page:
-        where, params = [], []
-        if workload_id is not None:
-            where.append("workload_id = ?")
-            params.append(workload_id)
-        if after_seq is not None:
-            where.append("seq > ?")
-            params.append(after_seq)
         return await self._page(
-            "proxies", "seq, workload_id, pod, pod_uid, version, first_seen, last_seen", where, params, limit
+            "proxies",
+            "seq, workload_id, pod, pod_uid, version, first_seen, last_seen",
+            limit=limit,
+            after_seq=after_seq,
+            equals={"workload_id": workload_id},
         )
 
     async def observe(self, *, workload_id: str, observations: list[dict[str, Any]], now: str) -> None:
@@ -232,29 +224,30 @@ class SqlExchange:
         workload_id: str | None,
         governed: bool | None,
     ) -> Page:
-        where, params = [], []
-        for col, value in (("host", host), ("workload_id", workload_id)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
-        if governed is not None:
-            where.append("governed = ?")
-            params.append(int(governed))
-        if after_seq is not None:
-            where.append("seq > ?")
-            params.append(after_seq)
         page = await self._page(
             "observations",
             "seq, workload_id, host, port, governed, count, first_seen, last_seen",
-            where,
-            params,
-            limit,
+            limit=limit,
+            after_seq=after_seq,
+            equals={
+                "host": host,
+                "workload_id": workload_id,
+                "governed": None if governed is None else int(governed),
+            },
         )
         for row in page.rows:
             row["governed"] = bool(row["governed"])
         return page
 
-    async def _page(self, table: str, cols: str, where: list[str], params: list[Any], limit: int) -> Page:
+    async def _page(
+        self, table: str, cols: str, *, limit: int, after_seq: int | None, equals: dict[str, Any]
+    ) -> Page:
+        """One page in `seq` order after `after_seq`, filtered by the non-None `equals` columns."""
+        where = [f"{col} = ?" for col, value in equals.items() if value is not None]
+        params: list[Any] = [value for value in equals.values() if value is not None]
+        if after_seq is not None:
+            where.append("seq > ?")
+            params.append(after_seq)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._db.fetchall(
             f"SELECT {cols} FROM {table} {clause} ORDER BY seq LIMIT ?", [*params, limit + 1]
