@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,16 @@ class Page:
 
     rows: list[dict[str, Any]]
     next_seq: int | None
+
+    @classmethod
+    def from_rows(
+        cls, rows: list[dict[str, Any]], limit: int, shape: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Page:
+        """A page from the up to `limit + 1` rows a query fetched in walk order (each with its `seq`):
+        an extra row only tells that more follow. `shape` turns a stored row into what lists show."""
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return cls(rows=[shape(r) for r in rows], next_seq=rows[-1]["seq"] if more else None)
 
     def next_cursor(self) -> str | None:
         return None if self.next_seq is None else encode_cursor(self.next_seq)

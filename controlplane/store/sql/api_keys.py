@@ -37,12 +37,7 @@ class SqlApiKeys:
             f"SELECT seq, {_COLS} FROM api_keys WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq or 0, limit + 1),
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        keys: list[dict[str, Any]] = [
-            ApiKey(**{k: v for k, v in r.items() if k != "seq"}).public() for r in rows
-        ]
-        return Page(rows=keys, next_seq=rows[-1]["seq"] if more else None)
+        return Page.from_rows(rows, limit, _public)
 
     async def delete(self, id: str) -> bool:
         async with self._db.write() as conn:
@@ -56,3 +51,7 @@ class SqlApiKeys:
     async def count_role(self, role: str) -> int:
         row = await self._db.fetchone("SELECT count(*) AS n FROM api_keys WHERE role = ?", (role,))
         return row["n"] if row else 0
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return ApiKey(**{k: v for k, v in row.items() if k != "seq"}).public()

@@ -90,9 +90,7 @@ class SqlAudit:
         rows = await self._db.fetchall(
             f"SELECT {_SELECT} FROM audit_events {clause} ORDER BY seq DESC LIMIT ?", [*params, limit + 1]
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows=[_event(r) for r in rows], next_seq=rows[-1]["seq"] if more else None)
+        return Page.from_rows(rows, limit, _event)
 
     async def export_end(
         self,

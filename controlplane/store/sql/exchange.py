@@ -252,9 +252,4 @@ class SqlExchange:
         rows = await self._db.fetchall(
             f"SELECT {cols} FROM {table} {clause} ORDER BY seq LIMIT ?", [*params, limit + 1]
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_seq = rows[-1]["seq"] if more else None
-        for row in rows:
-            row.pop("seq")
-        return Page(rows=rows, next_seq=next_seq)
+        return Page.from_rows(rows, limit, lambda r: {k: v for k, v in r.items() if k != "seq"})

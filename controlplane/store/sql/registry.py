@@ -127,9 +127,7 @@ class SqlRegistry:
             f"SELECT seq, id, data, created_at, updated_at FROM {k.table} {clause} ORDER BY seq LIMIT ?",
             [*params, limit + 1],
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows=[_record(r) for r in rows], next_seq=rows[-1]["seq"] if more else None)
+        return Page.from_rows(rows, limit, _record)
 
     async def find(self, kind: str, **filters: Any) -> list[dict[str, Any]]:
         """Records whose indexed columns equal `filters` (None matches NULL), oldest first."""
