@@ -57,12 +57,20 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+# aiohttp answers an over-long request line or header in plain text before any middleware runs,
+# so the limits must admit every request the API documents: query strings at their documented
+# maximum lengths (percent-encoded) and a 64 KiB service-account token in `Authorization: Bearer`.
+MAX_REQUEST_LINE_BYTES = 64 * 1024
+MAX_HEADER_FIELD_BYTES = 66 * 1024
+
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """Build the app; the store opens, migrates and the audit writer starts on app startup."""
     clock = clock or SystemClock()
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[observe_middleware, error_middleware]
+        client_max_size=config.max_body_bytes,
+        middlewares=[observe_middleware, error_middleware],
+        handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES, "max_field_size": MAX_HEADER_FIELD_BYTES},
     )
     store = new_store(config.db_location, sqlite_synchronous=config.sqlite_synchronous)
     app[CONFIG] = config

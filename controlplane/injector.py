@@ -96,13 +96,14 @@ def review(document: Any, settings: InjectorSettings, *, namespace_opted_in: boo
     request = _request_of(document)
     uid = request["uid"]
     pod = request.get("object")
-    kind = request.get("kind") or {}
+    kind = _object(request, "kind", "request.kind")
     namespace = str(request.get("namespace") or "")
     if request.get("operation") != "CREATE" or kind.get("kind") != "Pod" or kind.get("group", "") != "":
         outcome = Outcome("skipped", "not_a_pod_create", namespace=namespace)
         return _response(uid, outcome), outcome
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         raise InvalidRequest("request.object must be a Pod with a spec", field="request.object")
+    _check_pod(pod)
     meta = pod.get("metadata") or {}
     name = str(meta.get("name") or meta.get("generateName") or "")
     annotations = meta.get("annotations") or {}
@@ -143,7 +144,57 @@ def _request_of(document: Any) -> dict[str, Any]:
         raise InvalidRequest("request is missing", field="request")
     if not isinstance(request.get("uid"), str) or not request["uid"]:
         raise InvalidRequest("request.uid is missing", field="request.uid")
+    for key in ("namespace", "operation"):
+        if not isinstance(request.get(key) or "", str):
+            raise InvalidRequest(f"request.{key} must be a string", field=f"request.{key}")
+    _object(request, "userInfo", "request.userInfo")
     return request
+
+
+def _object(parent: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    """`parent[key]` as an object ({} when absent or null); 400 when it is something else."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{path} must be an object", field=path)
+    return value
+
+
+def _objects(parent: dict[str, Any], key: str, path: str, strings: tuple[str, ...]) -> None:
+    """`parent[key]`, when set, is a list of objects whose `strings` fields are strings when set."""
+    value = parent.get(key)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InvalidRequest(f"{path} must be a list of objects", field=path)
+    for index, item in enumerate(value):
+        for name in strings:
+            if not isinstance(item.get(name) or "", str):
+                field = f"{path}[{index}].{name}"
+                raise InvalidRequest(f"{field} must be a string", field=field)
+
+
+def _check_pod(pod: dict[str, Any]) -> None:
+    """The Pod fields the patch reads have their Kubernetes types (the apiserver always sends them so;
+    anything else is a malformed review and gets 400, never a crash)."""
+    meta = _object(pod, "metadata", "request.object.metadata")
+    for key in ("name", "generateName", "namespace"):
+        if not isinstance(meta.get(key) or "", str):
+            field = f"request.object.metadata.{key}"
+            raise InvalidRequest(f"{field} must be a string", field=field)
+    annotations = _object(meta, "annotations", "request.object.metadata.annotations")
+    if not all(isinstance(v, str) for v in annotations.values()):
+        path = "request.object.metadata.annotations"
+        raise InvalidRequest(f"{path} must map strings to strings", field=path)
+    spec = pod["spec"]
+    _objects(spec, "volumes", "request.object.spec.volumes", ("name",))
+    for key in ("containers", "initContainers"):
+        path = f"request.object.spec.{key}"
+        _objects(spec, key, path, ("name",))
+        for index, container in enumerate(spec.get(key) or []):
+            _objects(container, "env", f"{path}[{index}].env", ("name", "value"))
+            _objects(container, "volumeMounts", f"{path}[{index}].volumeMounts", ("mountPath",))
 
 
 def _response(uid: str, outcome: Outcome) -> dict[str, Any]:

@@ -18,9 +18,26 @@ from typing import Any
 
 from controlplane.errors import InvalidRequest
 
-__all__ = ["Bool", "Dict", "Int", "List", "Obj", "Spec", "Str", "parse", "parse_json", "parse_query"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "Bool",
+    "Dict",
+    "Int",
+    "List",
+    "Obj",
+    "Spec",
+    "Str",
+    "decode_json",
+    "parse",
+    "parse_json",
+    "parse_query",
+]
 
 _MISSING: Any = object()
+MAX_JSON_DEPTH = 64  # a Pod in an AdmissionReview nests ~15 deep; deeper bodies are abuse
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +93,8 @@ class Str(Spec):
         if self.choices is not None:
             out["enum"] = list(self.choices)
         if self.pattern is not None:
-            out["pattern"] = self.pattern
+            # JSON Schema patterns match anywhere (ECMA-262 search); `check` uses fullmatch.
+            out["pattern"] = f"^(?:{self.pattern})$"
         if self.secret:
             out["writeOnly"] = True
         return out
@@ -88,6 +106,8 @@ class Int(Spec):
     max: int | None = None
 
     def check(self, value: Any, path: str) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 443.0 is the integer 443 (JSON Schema agrees)
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequest(f"{path} must be an integer", field=path)
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
@@ -219,13 +239,34 @@ def parse(schema: Obj, data: Any) -> dict[str, Any]:
     return schema.check(data, "")
 
 
+def decode_json(raw: bytes | str) -> Any:
+    """Decode a JSON request body (empty → None); 400 invalid_request unless it is valid JSON of
+    Unicode text (no lone surrogates, which no store or log can encode) nested at most
+    `MAX_JSON_DEPTH` deep."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+            _check_depth(text)
+        data = json.loads(text or "null")
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    except (ValueError, UnicodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    return data
+
+
+def _check_depth(text: str) -> None:
+    """Reject nesting beyond MAX_JSON_DEPTH before the recursive decoder sees it."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+
+
 def parse_json(raw: bytes, schema: Obj) -> dict[str, Any]:
     """Decode and validate a request body."""
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    return parse(schema, data)
+    return parse(schema, decode_json(raw))
 
 
 def parse_query(schema: Obj, query: Any) -> dict[str, Any]:

@@ -5,13 +5,11 @@ configuration called: ``namespace`` (the namespace is labelled ``sesame.dev/inje
 inject unless the pod opts out) or ``pod`` (default: inject only pods annotated
 ``sesame.dev/inject: "true"``). It is a path segment (``/v1/admission/mutate/namespace``; webhook
 service paths allow no query string) or the ``scope`` query parameter. Pods that did not ask
-are not audited (that would be every pod in the cluster); injections, opt-outs, failures and
-denials are.
+are not audited (that would be every pod in the cluster); injections, opt-outs, failures,
+denials and malformed reviews (`admission.invalid`, answered 400 invalid_request) are.
 """
 
 from __future__ import annotations
-
-import json
 
 from aiohttp import web
 
@@ -21,6 +19,7 @@ from controlplane.http import audit_event, json_response
 from controlplane.injector import Outcome, review
 from controlplane.injector_spec import InjectorSettings
 from controlplane.routes import Route
+from controlplane.validation import decode_json
 
 __all__ = ["INJECTOR", "ROUTES", "setup"]
 
@@ -36,13 +35,21 @@ def setup(app: web.Application) -> None:
 
 async def mutate(request: web.Request) -> web.Response:
     scope = request.match_info.get("scope") or request.query.get("scope", "pod")
-    if scope not in SCOPES:
-        raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", field="scope")
     try:
-        document = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("body must be a JSON AdmissionReview") from exc
-    answer, outcome = review(document, request.app[INJECTOR], namespace_opted_in=scope == "namespace")
+        if scope not in SCOPES:
+            raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", field="scope")
+        document = decode_json(await request.read())
+        answer, outcome = review(document, request.app[INJECTOR], namespace_opted_in=scope == "namespace")
+    except InvalidRequest as exc:
+        await audit_event(
+            request,
+            type="admission.invalid",
+            outcome="denied",
+            actor="admission_webhook",
+            reason=exc.code,
+            extra={"field": exc.field, "path": request.path},
+        )
+        raise
     if outcome.reason not in _UNAUDITED:
         await _audit(request, outcome, document["request"])
     return json_response(answer)
@@ -72,6 +79,27 @@ async def _audit(request: web.Request, outcome: Outcome, admission: dict) -> Non
     )
 
 
+_REVIEW_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["apiVersion", "kind", "request"],
+                "properties": {
+                    "apiVersion": {"const": "admission.k8s.io/v1"},
+                    "kind": {"const": "AdmissionReview"},
+                    "request": {
+                        "type": "object",
+                        "required": ["uid"],
+                        "properties": {"uid": {"type": "string", "minLength": 1}},
+                    },
+                },
+                "description": "AdmissionReview (admission.k8s.io/v1)",
+            }
+        }
+    },
+}
 _SCOPE_PARAMETER = {
     "name": "scope",
     "in": "path",
@@ -96,14 +124,7 @@ ROUTES = [
                     "schema": {"type": "string", "enum": list(SCOPES), "default": "pod"},
                 }
             ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"type": "object", "description": "AdmissionReview (admission.k8s.io/v1)"}
-                    }
-                },
-            },
+            "requestBody": _REVIEW_BODY,
         },
     ),
     Route(
@@ -113,6 +134,6 @@ ROUTES = [
         None,
         "Mutating admission webhook with the scope in the path (what the chart's webhooks call)",
         tags=("admission",),
-        openapi={"parameters": [_SCOPE_PARAMETER]},
+        openapi={"parameters": [_SCOPE_PARAMETER], "requestBody": _REVIEW_BODY},
     ),
 ]

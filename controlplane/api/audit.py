@@ -169,6 +169,23 @@ async def verify_audit(request: web.Request) -> web.Response:
     return json_response(await verify_chain(request.app[STORE].audit))
 
 
+_ERROR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_EXPORT_RESPONSES = {
+    "200": {
+        "description": f"the events, oldest first (`format=json`: an array; `csv`: a header row); "
+        f"`{NEXT_CURSOR_HEADER}` when more remain",
+        "headers": {NEXT_CURSOR_HEADER: {"schema": {"type": "string"}, "required": False}},
+        "content": {
+            "application/json": {"schema": {"type": "array"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    },
+    **{code: _ERROR for code in ("400", "401", "403", "429", "default")},
+}
+
 ROUTES = [
     Route("GET", "/v1/audit", list_audit, AUDIT_READ, "List audit events, newest first", query=AUDIT_QUERY),
     Route(
@@ -178,6 +195,7 @@ ROUTES = [
         AUDIT_READ,
         "Export up to 50k events (json or csv); X-Next-Cursor continues",
         query=EXPORT_QUERY,
+        openapi={"responses": _EXPORT_RESPONSES},
     ),
     Route(
         "POST",

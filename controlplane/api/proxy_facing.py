@@ -15,7 +15,7 @@ from aiohttp import web
 
 from controlplane.appkeys import CLOCK, CONFIG, QUERY
 from controlplane.attest import InvalidSubjectToken
-from controlplane.errors import InvalidRequest, SesameError
+from controlplane.errors import SesameError
 from controlplane.exchange_services import EXCHANGE
 from controlplane.http import audit_event, cursor_seq, json_response, now_ts, page_response
 from controlplane.pagination import LIST_QUERY
@@ -24,7 +24,7 @@ from controlplane.proxy_routes import governed_routes
 from controlplane.routes import SA_TOKEN_AUTH, Route
 from controlplane.routing import bearer_token
 from controlplane.token_exchange import Attested
-from controlplane.validation import Bool, Int, List, Obj, Str, parse_json
+from controlplane.validation import Bool, Int, List, Obj, Str, decode_json, parse_json
 
 __all__ = ["DISCOVERY_READ", "PROXIES_READ", "ROUTES"]
 
@@ -114,10 +114,7 @@ async def proxy_heartbeat(request: web.Request) -> web.Response:
 
 async def proxy_observations(request: web.Request) -> web.Response:
     caller = await _caller(request)
-    try:
-        data = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON") from None
+    data = decode_json(await request.read())
     observations = OBSERVATIONS_IN.check(data, "body")
     if observations:
         await request.app[EXCHANGE].store.observe(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,7 +15,7 @@ from controlplane.permissions import Permission, Role
 from controlplane.routes import Route
 from controlplane.signing_keys import discovery_document
 from controlplane.token_exchange import ApprovalPending
-from controlplane.validation import Obj, Str, parse
+from controlplane.validation import Obj, Str, decode_json, parse
 
 __all__ = ["EXCHANGE_IN", "KEYS_ROTATE", "ROUTES", "setup"]
 
@@ -63,10 +62,7 @@ async def _read_exchange(request: web.Request) -> dict[str, Any]:
                 raise InvalidRequest(f"{key} must be given once", field=key)
             data[key] = values[0]
     else:
-        try:
-            data = json.loads(raw or b"null")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest("request body is not valid JSON") from None
+        data = decode_json(raw)
     return parse(EXCHANGE_IN, data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jwt
@@ -47,7 +48,7 @@ def check_claims(claims: dict[str, Any], cluster: ClusterTrust, *, now: float, s
             "audience_mismatch", f"the token's audience does not include {cluster.audience!r}"
         )
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
-    if not isinstance(exp, int | float):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise InvalidSubjectToken("missing_claims", "the token has no expiry")
     if now >= exp + skew:
         raise InvalidSubjectToken("expired", "the token has expired")
@@ -81,7 +82,13 @@ def identity_from_claims(claims: dict[str, Any], cluster: ClusterTrust) -> Ident
         cluster_id=cluster.id,
         namespace=namespace,
         service_account=service_account,
-        pod_name=pod.get("name") if isinstance(pod, dict) else None,
-        pod_uid=pod.get("uid") if isinstance(pod, dict) else None,
+        pod_name=_text(pod, "name"),
+        pod_uid=_text(pod, "uid"),
         expires_at=float(claims["exp"]),
     )
+
+
+def _text(obj: Any, key: str) -> str | None:
+    """A string claim inside `obj`, or None (a claim of another type is ignored, never stored)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
