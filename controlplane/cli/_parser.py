@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         res = sub.add_parser(name, parents=[common], help=f"manage {name}")
         verbs = res.add_subparsers(dest="verb", required=True)
         _list_args(verbs.add_parser("list", parents=[common]))
-        for verb in ("get", "delete"):
+        # The API has no GET /v1/api-keys/{id}: keys are listed (prefix only), never fetched one by one.
+        for verb in ("delete",) if name == "api-keys" else ("get", "delete"):
             verbs.add_parser(verb, parents=[common]).add_argument("id")
         create = verbs.add_parser("create", parents=[common])
         create.add_argument("name", nargs="?" if name == "policies" else None)

@@ -274,3 +274,13 @@ def test_audit_export_continues_with_the_cursor_it_prints(server):
         cursor = page.stderr.strip().rsplit("--cursor ", 1)[1]
     everything = json.loads(ctl(server, "audit", "export", "--type", "workload.created").stdout)
     assert seen == [e["id"] for e in everything] and len(seen) >= 3
+
+
+def test_api_keys_have_no_get_verb_because_the_api_has_no_such_route():
+    from controlplane.cli._parser import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["api-keys", "get", "key_x"])
+    assert exit_info.value.code == 2
+    assert parser.parse_args(["workloads", "get", "wl_x"]).verb == "get"
