@@ -14,7 +14,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from controlplane.appkeys import AUDIT, CLOCK, CONFIG, ENVELOPE, METRICS, STORE
-from controlplane.attest import Attestor, ClusterTrust, JwksVerifier, TokenReviewVerifier
+from controlplane.attest import (
+    Attestor,
+    ClusterTrust,
+    JwksVerifier,
+    KubeApi,
+    KubePodLookup,
+    PodBinder,
+    TokenReviewVerifier,
+)
 from controlplane.exchange_settings import DEFAULT_ROUTES_REFRESH_SECONDS, ExchangeSettings
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
 from controlplane.registry_cache import RegistryCache
@@ -61,7 +69,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         max_token_ttl_seconds=settings.max_signed_jwt_ttl_seconds,
     )
     jwks = JwksVerifier(settings=settings.jwks, clock=clock)
-    tokenreview = TokenReviewVerifier(settings=settings.tokenreview, clock=clock)
+    # One kubernetes client (kubeconfig or in-cluster) for TokenReview and pod binding's pod reads.
+    kube = KubeApi(kubeconfig=settings.tokenreview.kubeconfig, context=settings.tokenreview.context)
+    tokenreview = TokenReviewVerifier(settings=settings.tokenreview, clock=clock, kube=kube)
+    pods = PodBinder(
+        lookup=KubePodLookup(kube=kube, timeout_seconds=settings.tokenreview.timeout_seconds), clock=clock
+    )
     oauth2 = OAuth2ClientCredentialsProvider(clock=clock)
     registry = RegistryCache(
         store, envelope=app[ENVELOPE], clock=clock, ttl_seconds=settings.registry_cache_seconds
@@ -70,6 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         clusters=_Clusters(registry),
         jwks=jwks,
         tokenreview=tokenreview,
+        pods=pods,
         clock=clock,
         cache_seconds=settings.attestation_cache_seconds,
     )
@@ -102,6 +116,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[STORE].registry.listeners.remove(registry_changed)
         await jwks.close()
         await tokenreview.close()
+        await kube.close()
         await oauth2.close()
 
 

@@ -2,9 +2,14 @@
 
 No kube-apiserver can run here, so this serves the exact wire format one serves: the OIDC
 discovery document at `/.well-known/openid-configuration`, the JWKS at `/openid/v1/jwks`,
-projected service-account tokens with the apiserver's claim layout, and the
-`authentication.k8s.io/v1` TokenReview API (reachable through the real `kubernetes` client
-with the kubeconfig from `write_kubeconfig`).
+projected service-account tokens with the apiserver's claim layout, the
+`authentication.k8s.io/v1` TokenReview API, and `GET /api/v1/namespaces/{ns}/pods/{name}` (v1 Pod
+JSON, or the apiserver's 404 NotFound Status), both reachable through the real `kubernetes` client
+with the kubeconfig from `write_kubeconfig`.
+
+Pods: `mint(...)` registers the token's pod (like the apiserver, which binds tokens to existing
+pods) unless `register_pod=False`; `add_pod`, `delete_pod`, `terminate_pod` and `recreate_pod`
+change them afterwards, `pod_requests` counts the pod GETs, `forbid_pod_reads` makes them 403.
 
     async with ClusterIssuer() as issuer:
         token = issuer.mint(namespace="shop", service_account="checkout", audience="sesame")
@@ -40,6 +45,7 @@ DEFAULT_TTL_SECONDS = 3600
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/openid/v1/jwks"
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+POD_PATH = "/api/v1/namespaces/{namespace}/pods/{name}"
 
 Clock = Callable[[], float]
 
@@ -98,6 +104,8 @@ class _Review:
     bearer: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     revoked_jti: set[str] = field(default_factory=set)
     requests: int = 0
+    pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pod_requests: int = 0
 
 
 class ClusterIssuer:
@@ -119,6 +127,7 @@ class ClusterIssuer:
         self.keys: list[SigningKey] = [SigningKey.generate(alg) for alg in algs]
         self._review = _Review()
         self._runner: web.AppRunner | None = None
+        self.forbid_pod_reads = False  # True: pod GETs answer 403 Forbidden (no `get pods` RBAC)
         self.url = ""
 
     # lifecycle -----------------------------------------------------------------------------
@@ -127,6 +136,7 @@ class ClusterIssuer:
         app.router.add_get(DISCOVERY_PATH, self._discovery)
         app.router.add_get(JWKS_PATH, self._jwks)
         app.router.add_post(TOKENREVIEW_PATH, self._tokenreview)
+        app.router.add_get(POD_PATH, self._pod)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -182,6 +192,11 @@ class ClusterIssuer:
     def tokenreview_requests(self) -> int:
         return self._review.requests
 
+    @property
+    def pod_requests(self) -> int:
+        """How many `GET .../pods/{name}` requests the API served (any answer)."""
+        return self._review.pod_requests
+
     def discovery_document(self) -> dict[str, Any]:
         return {
             "issuer": self.issuer,
@@ -205,6 +220,53 @@ class ClusterIssuer:
         claims = jwt.decode(token, options={"verify_signature": False})
         self._review.revoked_jti.add(claims["jti"])
 
+    # pods --------------------------------------------------------------------------------------
+    def add_pod(
+        self, *, namespace: str, name: str, service_account: str = "default", uid: str | None = None
+    ) -> dict[str, Any]:
+        """Create (or replace) a running pod; returns its v1 Pod object."""
+        pod = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid or str(uuid.uuid4()),
+                "resourceVersion": str(secrets.randbelow(10**9)),
+                "creationTimestamp": _rfc3339(self._clock()),
+                "labels": {"app": service_account},
+            },
+            "spec": {
+                "serviceAccountName": service_account,
+                "serviceAccount": service_account,  # the deprecated alias the apiserver still fills in
+                "nodeName": "node-1",
+                "containers": [{"name": "app", "image": "registry.example/app:1"}],
+            },
+            "status": {"phase": "Running"},
+        }
+        self._review.pods[(namespace, name)] = pod
+        return pod
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._review.pods.get((namespace, name))
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """The pod is gone: GETs answer 404 NotFound."""
+        self._review.pods.pop((namespace, name), None)
+
+    def terminate_pod(self, namespace: str, name: str, *, grace_seconds: int = 30) -> None:
+        """Graceful deletion has begun: the pod is still served, with `deletionTimestamp` set."""
+        metadata = self._review.pods[(namespace, name)]["metadata"]
+        metadata["deletionTimestamp"] = _rfc3339(self._clock() + grace_seconds)
+        metadata["deletionGracePeriodSeconds"] = grace_seconds
+
+    def recreate_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """Same name, new uid (a StatefulSet pod replaced): old tokens name the old uid."""
+        old = self._review.pods[(namespace, name)]
+        return self.add_pod(
+            namespace=namespace, name=name, service_account=old["spec"]["serviceAccountName"]
+        )
+
     # tokens ------------------------------------------------------------------------------------
     def mint(
         self,
@@ -222,14 +284,19 @@ class ClusterIssuer:
         headers: dict[str, Any] | None = None,
         claims: dict[str, Any] | None = None,
         drop: Sequence[str] = (),
+        register_pod: bool = True,
     ) -> str:
         """A projected service-account token with the apiserver's claim layout.
 
         `claims` overrides or adds top-level claims and `drop` removes them (for negative tests).
+        The token's pod is registered (served by the pods API) unless `register_pod=False`.
         """
         signer = key or self._key_for(alg)
         issued = int(self._clock() if now is None else now)
         pod_name = pod_name or f"{service_account}-{secrets.token_hex(3)}"
+        pod_uid = pod_uid or str(uuid.uuid4())
+        if register_pod:
+            self.add_pod(namespace=namespace, name=pod_name, service_account=service_account, uid=pod_uid)
         body: dict[str, Any] = {
             "aud": [audience] if isinstance(audience, str) else list(audience),
             "exp": issued + ttl,
@@ -239,7 +306,7 @@ class ClusterIssuer:
             "kubernetes.io": {
                 "namespace": namespace,
                 "node": {"name": node_name, "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, node_name))},
-                "pod": {"name": pod_name, "uid": pod_uid or str(uuid.uuid4())},
+                "pod": {"name": pod_name, "uid": pod_uid},
                 "serviceaccount": {
                     "name": service_account,
                     "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{namespace}/{service_account}")),
@@ -315,6 +382,25 @@ class ClusterIssuer:
             status=201,
         )
 
+    async def _pod(self, request: web.Request) -> web.Response:
+        """`GET /api/v1/namespaces/{ns}/pods/{name}`: the v1 Pod, or the apiserver's Status on failure."""
+        self._review.pod_requests += 1
+        if request.headers.get("Authorization") != f"Bearer {self._review.bearer}":
+            return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        details = {"name": name, "kind": "pods"}
+        if self.forbid_pod_reads:
+            message = (
+                f'pods "{name}" is forbidden: User "system:serviceaccount:sesame:sesame" cannot get '
+                f'resource "pods" in API group "" in the namespace "{namespace}"'
+            )
+            return web.json_response(_status(403, "Forbidden", message, details), status=403)
+        pod = self._review.pods.get((namespace, name))
+        if pod is None:
+            missing = _status(404, "NotFound", f'pods "{name}" not found', details)
+            return web.json_response(missing, status=404)
+        return web.json_response(pod)
+
     def _review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """Authenticate like the apiserver: signature, expiry, audience intersection, revocation."""
         try:
@@ -345,6 +431,14 @@ class ClusterIssuer:
             return {"authenticated": False, "user": {}, "error": "invalid bearer token, pod does not exist"}
         k8s = claims["kubernetes.io"]
         namespace = k8s["namespace"]
+        extra = {
+            "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
+            "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
+            "authentication.kubernetes.io/node-uid": [k8s["node"]["uid"]],
+        }
+        if k8s.get("pod"):  # tokens not bound to a pod carry no pod extras
+            extra["authentication.kubernetes.io/pod-name"] = [k8s["pod"]["name"]]
+            extra["authentication.kubernetes.io/pod-uid"] = [k8s["pod"]["uid"]]
         return {
             "authenticated": True,
             "user": {
@@ -355,29 +449,31 @@ class ClusterIssuer:
                     f"system:serviceaccounts:{namespace}",
                     "system:authenticated",
                 ],
-                "extra": {
-                    "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
-                    "authentication.kubernetes.io/node-name": [k8s["node"]["name"]],
-                    "authentication.kubernetes.io/node-uid": [k8s["node"]["uid"]],
-                    "authentication.kubernetes.io/pod-name": [k8s["pod"]["name"]],
-                    "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
-                },
+                "extra": extra,
             },
             "audiences": granted,
         }
 
 
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+def _rfc3339(epoch: float) -> str:
+    """A `metav1.Time` as the apiserver writes it (UTC, second precision, `Z`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A `meta/v1` Status body, as the apiserver returns for request-level failures."""
-    return {
+    body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "code": code,
     }
+    if details is not None:
+        body["details"] = details
+    body["code"] = code
+    return body
 
 
 def _b64_uint(value: int, length: int | None = None) -> str:

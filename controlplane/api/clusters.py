@@ -9,7 +9,7 @@ from aiohttp import web
 from controlplane.api._crud import Resource, crud_routes
 from controlplane.appkeys import CONFIG
 from controlplane.permissions import CLUSTERS_READ, CLUSTERS_WRITE
-from controlplane.validation import Obj, Str
+from controlplane.validation import Bool, Obj, Str
 
 __all__ = ["CLUSTER_IN", "ROUTES"]
 
@@ -26,6 +26,11 @@ CLUSTER_IN = Obj(
         "verification": Str(choices=("jwks", "tokenreview"), default="jwks"),
         "api_server": Str(required=False, max_len=2048, pattern=URL, description="for TokenReview"),
         "ca_pem": Str(required=False, max_len=65536, description="CA bundle for jwks_uri / api_server"),
+        "pod_binding": Bool(
+            default=False,
+            description="also GET the token's pod: it must exist, match the token's pod uid and service "
+            "account, and not be terminating (needs `get pods`; docs/token-exchange.md)",
+        ),
     }
 )
 

@@ -12,6 +12,8 @@ from controlplane.attest.identity import (
     token_digest,
 )
 from controlplane.attest.jwks import JwksSettings, JwksVerifier
+from controlplane.attest.kube import KubeApi
+from controlplane.attest.pod_binding import KubePodLookup, PodBinder, PodBindingSettings, PodLookup
 from controlplane.attest.tokenreview import TokenReviewSettings, TokenReviewVerifier
 
 __all__ = [
@@ -23,6 +25,11 @@ __all__ = [
     "InvalidSubjectToken",
     "JwksSettings",
     "JwksVerifier",
+    "KubeApi",
+    "KubePodLookup",
+    "PodBinder",
+    "PodBindingSettings",
+    "PodLookup",
     "TokenReviewSettings",
     "TokenReviewVerifier",
     "Verifier",

@@ -15,6 +15,7 @@ from controlplane.attest.identity import (
     Verifier,
     token_digest,
 )
+from controlplane.attest.pod_binding import PodBinder
 from controlplane.clock import Clock, SystemClock
 
 __all__ = ["DEFAULT_VERIFIED_CACHE_SECONDS", "Attestor", "ClusterDirectory"]
@@ -31,7 +32,7 @@ class ClusterDirectory(Protocol):
 
 
 class Attestor:
-    """Size and alg checks, issuer lookup, then the cluster's verifier (JWKS or TokenReview)."""
+    """Size and alg checks, issuer lookup, the cluster's verifier (JWKS or TokenReview), pod binding."""
 
     def __init__(
         self,
@@ -39,23 +40,28 @@ class Attestor:
         clusters: ClusterDirectory,
         jwks: Verifier,
         tokenreview: Verifier | None = None,
+        pods: PodBinder | None = None,
         clock: Clock = SystemClock(),
         cache_seconds: float = DEFAULT_VERIFIED_CACHE_SECONDS,
     ) -> None:
         self._clusters = clusters
         self._jwks = jwks
         self._tokenreview = tokenreview
+        self._pods = pods
         self._cache_seconds = cache_seconds
-        self._verified: TLRUCache[str, Identity] = TLRUCache(
+        # token digest → (identity, its cluster's trust settings at verification time)
+        self._verified: TLRUCache[str, tuple[Identity, ClusterTrust]] = TLRUCache(
             maxsize=10_000, ttu=self._until, timer=clock.time
         )
 
-    def _until(self, _key: str, identity: Identity, now: float) -> float:
-        return min(identity.expires_at, now + self._cache_seconds)
+    def _until(self, _key: str, entry: tuple[Identity, ClusterTrust], now: float) -> float:
+        return min(entry[0].expires_at, now + self._cache_seconds)
 
     def forget(self) -> None:
         """Drop every verified token (a cluster changed: its tokens must be checked again)."""
         self._verified.clear()
+        if self._pods is not None:
+            self._pods.forget()
 
     async def attest(self, token: str) -> Identity:
         """The identity a token proves; a token verified in the last `cache_seconds` is not re-verified."""
@@ -64,14 +70,19 @@ class Attestor:
                 "token_too_large", f"the subject token is over {DEFAULT_MAX_TOKEN_BYTES} bytes"
             )
         digest = token_digest(token)
-        cached = self._verified.get(digest)
-        if cached is not None:
-            return cached
-        identity = await self._attest(token)
-        self._verified[digest] = identity
+        entry = self._verified.get(digest)
+        if entry is None:
+            entry = await self._attest(token)
+            self._verified[digest] = entry
+        identity, cluster = entry
+        if cluster.pod_binding:
+            # On every call, cached token or not: the pod cache (≤ 30 s, by uid) bounds staleness.
+            if self._pods is None:
+                raise InvalidSubjectToken("pod_lookup_failed", "pod binding is not configured")
+            await self._pods.check(identity)
         return identity
 
-    async def _attest(self, token: str) -> Identity:
+    async def _attest(self, token: str) -> tuple[Identity, ClusterTrust]:
         _, claims = read_unverified(token)
         issuer = claims.get("iss")
         cluster = await self._clusters.cluster_by_issuer(issuer) if isinstance(issuer, str) else None
@@ -80,5 +91,5 @@ class Attestor:
         if cluster.verification == "tokenreview":
             if self._tokenreview is None:
                 raise InvalidSubjectToken("token_review_failed", "TokenReview verification is not configured")
-            return await self._tokenreview.verify(token, cluster)
-        return await self._jwks.verify(token, cluster)
+            return await self._tokenreview.verify(token, cluster), cluster
+        return await self._jwks.verify(token, cluster), cluster

@@ -46,6 +46,7 @@ class ClusterTrust:
     jwks_uri: str | None = None
     verification: Literal["jwks", "tokenreview"] = "jwks"
     ca_pem: str | None = None
+    pod_binding: bool = False
     id: str | None = None
 
     @classmethod
@@ -58,6 +59,7 @@ class ClusterTrust:
             jwks_uri=record.get("jwks_uri"),
             verification=record.get("verification") or "jwks",
             ca_pem=record.get("ca_pem"),
+            pod_binding=record.get("pod_binding") is True,
             id=record.get("id"),
         )
 

@@ -10,6 +10,7 @@ from cachetools import TLRUCache
 
 from controlplane.attest.claims import read_unverified
 from controlplane.attest.identity import Clock, ClusterTrust, Identity, InvalidSubjectToken, token_digest
+from controlplane.attest.kube import KubeApi
 from controlplane.clock import SystemClock
 
 __all__ = [
@@ -40,11 +41,17 @@ class TokenReviewVerifier:
     """A `Verifier` for clusters with `verification: tokenreview` (needs system:auth-delegator)."""
 
     def __init__(
-        self, *, settings: TokenReviewSettings = TokenReviewSettings(), clock: Clock = SystemClock()
+        self,
+        *,
+        settings: TokenReviewSettings = TokenReviewSettings(),
+        clock: Clock = SystemClock(),
+        kube: KubeApi | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._client: Any = None
+        # A `kube` passed in is shared (pod binding uses the same client) and closed by its owner.
+        self._owns_kube = kube is None
+        self._kube = kube or KubeApi(kubeconfig=settings.kubeconfig, context=settings.context)
         # Each verified token is kept until min(its exp, now + cache_seconds).
         self._cache: TLRUCache[str, Identity] = TLRUCache(maxsize=10_000, ttu=self._expiry, timer=clock.time)
         self.reviews = 0
@@ -53,9 +60,8 @@ class TokenReviewVerifier:
         return min(identity.expires_at, now + self._settings.cache_seconds)
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+        if self._owns_kube:
+            await self._kube.close()
 
     async def verify(self, token: str, cluster: ClusterTrust) -> Identity:
         _, claims = read_unverified(token)
@@ -84,26 +90,12 @@ class TokenReviewVerifier:
             spec=client.V1TokenReviewSpec(token=token, audiences=[audience]),
         )
         try:
-            api = client.AuthenticationV1Api(self._api_client())
+            api = client.AuthenticationV1Api(self._kube.client())
             review = api.create_token_review(body, _request_timeout=self._settings.timeout_seconds)
         except Exception:
             # `from None`: the client's exception text may carry the request, and with it the token.
             raise InvalidSubjectToken("token_review_failed", "the cluster's TokenReview API failed") from None
         return review.status
-
-    def _api_client(self) -> Any:
-        if self._client is None:
-            from kubernetes import client, config
-
-            if self._settings.kubeconfig:
-                self._client = config.new_client_from_config(
-                    config_file=self._settings.kubeconfig, context=self._settings.context
-                )
-            else:
-                configuration = client.Configuration()
-                config.load_incluster_config(client_configuration=configuration)
-                self._client = client.ApiClient(configuration)
-        return self._client
 
     def _identity(self, status: Any, cluster: ClusterTrust, exp: float) -> Identity:
         if status is None or not status.authenticated:
