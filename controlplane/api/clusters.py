@@ -24,8 +24,7 @@ CLUSTER_IN = Obj(
             required=False, max_len=256, description="required `aud` of SA tokens (default SESAME_AUDIENCE)"
         ),
         "verification": Str(choices=("jwks", "tokenreview"), default="jwks"),
-        "api_server": Str(required=False, max_len=2048, pattern=URL, description="for TokenReview"),
-        "ca_pem": Str(required=False, max_len=65536, description="CA bundle for jwks_uri / api_server"),
+        "ca_pem": Str(required=False, max_len=65536, description="CA bundle for jwks_uri and OIDC discovery"),
         "pod_binding": Bool(
             default=False,
             description="also GET the token's pod: it must exist, match the token's pod uid and service "
