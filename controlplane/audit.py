@@ -107,15 +107,15 @@ class AuditWriter:
         row = {
             "id": new_id("evt"),
             "ts": format_ts(self._clock.time()),
-            "type": type,
-            "actor": actor,
-            "outcome": outcome,
-            "workload_id": workload_id,
-            "target_service": target_service,
-            "audience": audience,
+            "type": _storable(type),
+            "actor": _storable(actor),
+            "outcome": _storable(outcome),
+            "workload_id": _storable(workload_id),
+            "target_service": _storable(target_service),
+            "audience": _storable(audience),
             "ttl_seconds": ttl_seconds,
-            "reason": reason,
-            "correlation_id": correlation_id,
+            "reason": _storable(reason),
+            "correlation_id": _storable(correlation_id),
             "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
         }
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -175,3 +175,17 @@ async def verify_chain(store: AuditStore) -> dict[str, Any]:
     if not saw_head:
         return {"ok": False, "checked": checked, "first_bad_id": None, "reason": "newest events are missing"}
     return {"ok": True, "checked": checked, "first_bad_id": None}
+
+
+def _storable(text: str | None) -> str | None:
+    """Text any backend can store: a lone surrogate (not valid UTF-8) becomes its escape.
+
+    One unstorable event would otherwise fail the whole batch it shares with other requests.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -88,6 +88,19 @@ async def test_concurrent_records_are_all_committed_and_chained(admin, control_p
     assert (await admin.get("/v1/audit/verify")).json() == {"ok": True, "checked": 200, "first_bad_id": None}
 
 
+async def test_an_unstorable_string_fails_neither_its_event_nor_its_batch(admin, control_plane):
+    """A lone surrogate is not valid UTF-8; it is stored escaped instead of failing the batch."""
+    audit = control_plane.app[AUDIT]
+    events = await asyncio.gather(
+        audit.record(type="t.u", actor="a", outcome="denied", audience="\udfff"),
+        *(audit.record(type="t.u", actor="a", outcome="success", reason=str(i)) for i in range(20)),
+    )
+    assert events[0]["audience"] == "\\udfff"
+    listed = (await admin.get("/v1/audit", params={"type": "t.u", "limit": 100})).json()["events"]
+    assert len(listed) == 21 and {e["audience"] for e in listed} == {"\\udfff", None}
+    assert (await admin.get("/v1/audit/verify")).json()["ok"] is True
+
+
 async def test_editing_a_row_in_the_database_file_is_detected(admin, control_plane):
     for i in range(5):
         await admin.post("/v1/workloads", json=workload_body(f"w{i}", sa=f"sa{i}"))
