@@ -76,7 +76,7 @@ class InjectionProblem(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the webhook did: ``injected``, ``skipped`` (with a reason code) or ``denied``."""
+    """What the webhook did: ``injected``, ``skipped`` or ``denied``, with a stable reason code."""
 
     action: Literal["injected", "skipped", "denied"]
     reason: str
@@ -84,6 +84,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     namespace: str = ""
     pod: str = ""
+    message: str = ""  # why, in words (the denial's status message)
 
 
 def escape_pointer(token: str) -> str:
@@ -125,7 +126,9 @@ def review(document: Any, settings: InjectorSettings, *, namespace_opted_in: boo
         except InjectionProblem as exc:
             message = f"sesame injection failed for pod {namespace}/{name}: {exc}"
             if settings.strict:
-                outcome = Outcome("denied", message, namespace=namespace, pod=name)
+                outcome = Outcome(
+                    "denied", "injection_failed", namespace=namespace, pod=name, message=message
+                )
             else:
                 warning = f"{message}; the pod was admitted WITHOUT the sesame proxy"
                 outcome = Outcome(
@@ -200,7 +203,7 @@ def _check_pod(pod: dict[str, Any]) -> None:
 def _response(uid: str, outcome: Outcome) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": uid, "allowed": outcome.action != "denied"}
     if outcome.action == "denied":
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": outcome.reason}
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": outcome.message}
     if outcome.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(outcome.patch).encode()).decode()

@@ -75,6 +75,7 @@ async def _audit(request: web.Request, outcome: Outcome, admission: dict) -> Non
             "requested_by": user,  # as the apiserver reports it; the webhook does not authenticate it
             "dry_run": bool(admission.get("dryRun")),
             "warnings": outcome.warnings,
+            "message": outcome.message or None,
         },
     )
 

@@ -112,7 +112,8 @@ async def test_pod_that_cannot_be_injected_is_denied_and_audited(webhook: Webhoo
     assert "container name 'sesame-init'" in body["response"]["status"]["message"]
     [event] = await webhook.audit("admission.denied")
     assert event["outcome"] == "denied"
-    assert "sesame-init" in event["reason"]
+    assert event["reason"] == "injection_failed"
+    assert "sesame-init" in event["extra"]["message"]
 
 
 async def test_namespace_scope_injects_unannotated_pods_and_pod_scope_does_not(webhook: Webhook):
