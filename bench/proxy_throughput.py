@@ -37,6 +37,7 @@ from devkit.certs import DevCA
 from devkit.controlplane_server import control_plane_process
 from devkit.demo import Admin, process, wait_ready
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 
 KEY = "bench-key"
 REPO = Path(__file__).resolve().parent.parent
@@ -230,15 +231,7 @@ def main() -> int:
         wl = admin(
             "POST",
             "/v1/workloads",
-            {
-                "name": "bench",
-                "attestation": {
-                    "type": "kubernetes-service-account",
-                    "namespace": "bench",
-                    "service_account": "bench",
-                    "cluster": "bench",
-                },
-            },
+            service_account_workload("bench", namespace="bench", service_account="bench", cluster="bench"),
         )
         for name, port, scheme in (("plain", http_port, "http"), ("tls", https_port, "https")):
             host = "127.0.0.1" if scheme == "http" else "localhost"

@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 
 AUDIENCE = "https://bench.example"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -128,14 +129,7 @@ async def _seed(url: str, owner: str, issuer: ClusterIssuer) -> None:
         await create("/v1/clusters", {"name": "bench", "issuer": issuer.issuer})
         wl = await create(
             "/v1/workloads",
-            {
-                "name": "bench",
-                "attestation": {
-                    "type": "kubernetes-service-account",
-                    "namespace": "bench",
-                    "service_account": "bench",
-                },
-            },
+            service_account_workload("bench", namespace="bench", service_account="bench"),
         )
         tg = await create("/v1/targets", {"name": "bench", "host": "bench.example", "audience": AUDIENCE})
         cp = await create(

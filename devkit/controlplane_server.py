@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import select
+import ssl
 import subprocess
 import sys
 import time
@@ -29,8 +30,16 @@ from controlplane.appkeys import API_KEYS
 from controlplane.clock import Clock
 from controlplane.config import Config
 from controlplane.permissions import Role
+from devkit.processes import stop_process
 
-__all__ = ["ControlPlane", "ControlPlaneProcess", "control_plane_process", "new_kek", "running_control_plane"]
+__all__ = [
+    "ControlPlane",
+    "ControlPlaneProcess",
+    "control_plane_process",
+    "new_kek",
+    "running_control_plane",
+    "serving",
+]
 
 STARTUP_TIMEOUT_SECONDS = 20.0
 
@@ -57,16 +66,22 @@ async def running_control_plane(
     """
     cfg = Config(db_path=db_path, listen_port=0, kek=new_kek() if kek is None else (kek or None), **config)
     app = create_app(cfg, clock=clock)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=None)
-        await site.start()
-        port = runner.addresses[0][1]
+    async with serving(app) as port:
         _, owner = await app[API_KEYS].create(name="test-owner", role=Role.OWNER)
         yield ControlPlane(
             url=f"http://127.0.0.1:{port}", owner_key=owner, app=app, config=replace(cfg, listen_port=port)
         )
+
+
+@asynccontextmanager
+async def serving(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """Serve `app` on 127.0.0.1:<ephemeral> (HTTPS with `ssl_context`); yields the port."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        await site.start()
+        yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
 
@@ -116,13 +131,7 @@ def control_plane_process(
         url = _wait_for_url(proc, log_path)
         yield ControlPlaneProcess(url=url, owner_key=owner, process=proc, log_path=log_path, env=child_env)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc)
 
 
 def _wait_for_url(proc: subprocess.Popen[str], log_path: Path) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 from devkit.certs import DevCA
 from devkit.controlplane_server import control_plane_process
 from devkit.issuer import ClusterIssuer
+from devkit.processes import stop_process
+from devkit.registry_bodies import service_account_workload
 
 API_KEY = "sk-demo-" + os.urandom(6).hex()
 NAMESPACE, SERVICE_ACCOUNT = "shop", "checkout"
@@ -76,13 +78,7 @@ def process(argv: list[str], ready: str, **kwargs: Any) -> Iterator[tuple[subpro
         else:
             raise SystemExit(f"{argv[2]} did not start in time")
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def curl(proxy: str, bundle: Path, url: str) -> str:
@@ -153,15 +149,9 @@ def main() -> int:
             workload = admin(
                 "POST",
                 "/v1/workloads",
-                {
-                    "name": "checkout",
-                    "attestation": {
-                        "type": "kubernetes-service-account",
-                        "namespace": NAMESPACE,
-                        "service_account": SERVICE_ACCOUNT,
-                        "cluster": "demo-cluster",
-                    },
-                },
+                service_account_workload(
+                    "checkout", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT, cluster="demo-cluster"
+                ),
             )
             # Two names for the same demo API: the app may use "localhost"; a deny policy covers
             # "127.0.0.1" (the ledger), so that call is governed, refused and audited.

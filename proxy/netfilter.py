@@ -121,6 +121,14 @@ def render_iptables(settings: RedirectSettings, *, version: int = 4) -> str:
     return "\n".join(lines)
 
 
+def _nft_family(settings: RedirectSettings) -> str:
+    return "inet" if settings.ipv6 else "ip"
+
+
+def _ip_versions(settings: RedirectSettings) -> tuple[int, ...]:
+    return (4, 6) if settings.ipv6 else (4,)
+
+
 def iptables_jump(settings: RedirectSettings) -> list[str]:
     """The rule spec (without ``-A``/``-D OUTPUT``) sending OUTPUT TCP into our chain."""
     return ["-p", "tcp", "-j", settings.chain]
@@ -128,7 +136,7 @@ def iptables_jump(settings: RedirectSettings) -> list[str]:
 
 def render_nft(settings: RedirectSettings) -> str:
     """An ``nft -f`` script: (re)creates table ``sesame`` atomically, touching nothing else."""
-    family = "inet" if settings.ipv6 else "ip"
+    family = _nft_family(settings)
     table, chain = settings.nft_table, settings.chain
     rules = [
         f"meta skuid {settings.proxy_uid} return",
@@ -215,7 +223,7 @@ def apply_rules(
     if chosen == "nft":
         call(["nft", "-f", "-"], stdin=render_nft(settings))
         return chosen
-    for version in (4, 6) if settings.ipv6 else (4,):
+    for version in _ip_versions(settings):
         call([_ipt(version, "-restore"), "--noflush"], stdin=render_iptables(settings, version=version))
         jump = iptables_jump(settings)
         present = call([_ipt(version), "-t", "nat", "-C", "OUTPUT", *jump], check=False)
@@ -235,14 +243,14 @@ def remove_rules(
     chosen = _resolve(backend)
     call = _runner(netns, run)
     if chosen == "nft":
-        family = "inet" if settings.ipv6 else "ip"
+        family = _nft_family(settings)
         # "table X" creates it if absent, so the delete never fails on a clean system.
         call(
             ["nft", "-f", "-"],
             stdin=f"table {family} {settings.nft_table}\ndelete table {family} {settings.nft_table}\n",
         )
         return
-    for version in (4, 6) if settings.ipv6 else (4,):
+    for version in _ip_versions(settings):
         ipt = _ipt(version)
         for _ in range(_MAX_JUMP_DELETES):
             if call([ipt, "-t", "nat", "-D", "OUTPUT", *iptables_jump(settings)], check=False).returncode:
@@ -262,7 +270,6 @@ def list_rules(
     chosen = _resolve(backend)
     call = _runner(netns, run)
     if chosen == "nft":
-        family = "inet" if settings.ipv6 else "ip"
+        family = _nft_family(settings)
         return call(["nft", "list", "table", family, settings.nft_table]).stdout
-    versions = (4, 6) if settings.ipv6 else (4,)
-    return "".join(call([_ipt(v, "-save"), "-t", "nat"]).stdout for v in versions)
+    return "".join(call([_ipt(v, "-save"), "-t", "nat"]).stdout for v in _ip_versions(settings))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from proxy.errors import UpstreamTimeout, UpstreamTLSError, UpstreamUnreachable
 
@@ -23,6 +23,17 @@ __all__ = [
 
 DEFAULT_MAX_IDLE_PER_UPSTREAM = 64
 _STREAM_LIMIT = 64 * 1024
+
+
+class _Poolable(Protocol):
+    key: tuple
+    idle_since: float
+
+    def usable(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+_Conn = TypeVar("_Conn", bound=_Poolable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +86,8 @@ class Upstream:
         self.writer.transport.abort()
 
 
-class UpstreamPool:
-    """`acquire` returns (connection, reused); `release` keeps a clean connection for reuse."""
+class _IdlePool(Generic[_Conn]):
+    """Idle connections per destination key, newest first, dropped once stale or unusable."""
 
     def __init__(
         self,
@@ -88,18 +99,41 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle_per_upstream
-        self._idle: dict[tuple, deque[Upstream]] = {}
+        self._idle: dict[tuple, list[_Conn]] = {}
 
-    async def acquire(self, dest: Destination) -> tuple[Upstream, bool]:
-        key = dest.key
+    def _take_idle(self, key: tuple) -> _Conn | None:
         idle = self._idle.get(key)
         if idle:
             deadline = time.monotonic() - self.idle_timeout
             while idle:
                 conn = idle.pop()
                 if conn.idle_since > deadline and conn.usable():
-                    return conn, True
+                    return conn
                 conn.close()
+        return None
+
+    def _keep_idle(self, conn: _Conn) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle or not conn.usable():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()
+
+
+class UpstreamPool(_IdlePool[Upstream]):
+    """`acquire` returns (connection, reused); `release` keeps a clean connection for reuse."""
+
+    async def acquire(self, dest: Destination) -> tuple[Upstream, bool]:
+        conn = self._take_idle(dest.key)
+        if conn is not None:
+            return conn, True
         return await self.connect(dest), False
 
     async def connect(self, dest: Destination) -> Upstream:
@@ -114,19 +148,7 @@ class UpstreamPool:
                 )
         return Upstream(dest.key, reader, writer)
 
-    def release(self, conn: Upstream) -> None:
-        idle = self._idle.setdefault(conn.key, deque())
-        if len(idle) >= self.max_idle or not conn.usable():
-            conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        idle.append(conn)
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
-        self._idle.clear()
+    release = _IdlePool._keep_idle
 
 
 class PooledProtocol(asyncio.Protocol):
@@ -151,31 +173,12 @@ class PooledProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class ConnectionPool:
+class ConnectionPool(_IdlePool[PooledProtocol]):
     """Idle callback-driven upstream connections per destination key (the fast path's pool)."""
 
-    def __init__(
-        self,
-        *,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_idle_per_upstream: int = DEFAULT_MAX_IDLE_PER_UPSTREAM,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.max_idle = max_idle_per_upstream
-        self._idle: dict[tuple, list[PooledProtocol]] = {}
-
-    def take(self, key: tuple) -> PooledProtocol | None:
-        idle = self._idle.get(key)
-        if idle:
-            deadline = time.monotonic() - self.idle_timeout
-            while idle:
-                conn = idle.pop()
-                if conn.idle_since > deadline and conn.usable():
-                    return conn
-                conn.close()
-        return None
+    # Aliases, not wrappers: the fast path calls these once per request.
+    take = _IdlePool._take_idle
+    give = _IdlePool._keep_idle
 
     async def connect(self, dest: Destination, factory: Callable[[], PooledProtocol]) -> PooledProtocol:
         loop = asyncio.get_running_loop()
@@ -190,17 +193,3 @@ class ConnectionPool:
                 )
         conn.key = dest.key
         return conn
-
-    def give(self, conn: PooledProtocol) -> None:
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle or not conn.usable():
-            conn.close()
-            return
-        conn.idle_since = time.monotonic()
-        idle.append(conn)
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
-        self._idle.clear()

@@ -21,6 +21,7 @@ from controlplane.attest.identity import (
     InvalidSubjectToken,
 )
 from controlplane.clock import SystemClock
+from controlplane.outbound import OutboundClient
 
 __all__ = [
     "DEFAULT_JWKS_CACHE_SECONDS",
@@ -67,8 +68,7 @@ class JwksVerifier:
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._session = session
-        self._owns_session = session is None
+        self._http = OutboundClient(session)
         self._cache: TTLCache[str, _KeySet] = TTLCache(
             maxsize=256, ttl=settings.cache_seconds, timer=clock.time
         )
@@ -78,9 +78,7 @@ class JwksVerifier:
         self.fetches = 0
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def verify(self, token: str, cluster: ClusterTrust) -> Identity:
         header, _ = read_unverified(token)
@@ -164,9 +162,6 @@ class JwksVerifier:
         return keys
 
     async def _get_json(self, url: str, cluster: ClusterTrust) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=self._settings.fetch_timeout_seconds)
         tls: ssl.SSLContext | bool = True
         if cluster.ca_pem:
             try:
@@ -174,12 +169,17 @@ class JwksVerifier:
             except (ssl.SSLError, ValueError) as exc:
                 raise InvalidSubjectToken("jwks_unavailable", "the cluster ca_pem is not PEM") from exc
         try:
-            async with self._session.get(url, timeout=timeout, allow_redirects=False, ssl=tls) as resp:
-                if resp.status != 200:
-                    raise InvalidSubjectToken("jwks_unavailable", f"fetching {url} answered {resp.status}")
-                raw = await resp.content.read(self._settings.max_document_bytes + 1)
+            status, raw = await self._http.request(
+                "GET",
+                url,
+                timeout_seconds=self._settings.fetch_timeout_seconds,
+                max_bytes=self._settings.max_document_bytes,
+                tls=tls,
+            )
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             raise InvalidSubjectToken("jwks_unavailable", f"could not fetch {url}") from exc
+        if status != 200:
+            raise InvalidSubjectToken("jwks_unavailable", f"fetching {url} answered {status}")
         if len(raw) > self._settings.max_document_bytes:
             raise InvalidSubjectToken("jwks_unavailable", f"{url} answered an oversized document")
         try:

@@ -16,6 +16,7 @@ import aiohttp
 from cachetools import TTLCache
 
 from controlplane.clock import Clock, SystemClock
+from controlplane.outbound import OutboundClient
 from controlplane.providers.base import IssuedCredential, MintRequest, UpstreamMintFailed
 
 __all__ = [
@@ -63,17 +64,14 @@ class OAuth2ClientCredentialsProvider:
         clock: Clock = SystemClock(),
     ) -> None:
         self._settings = settings
-        self._session = session
-        self._owns_session = session is None
+        self._http = OutboundClient(session)
         self._clock = clock
         self._tokens: TTLCache[str, _Token] = TTLCache(maxsize=4096, ttl=24 * 3600, timer=clock.time)
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetches = 0
 
     async def close(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     async def issue(self, request: MintRequest) -> IssuedCredential:
         key = self._cache_key(request)
@@ -136,23 +134,19 @@ class OAuth2ClientCredentialsProvider:
         return token
 
     async def _post(self, url: str, form: dict[str, str], headers: dict[str, str], ca_pem: Any) -> dict:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         ssl_ctx: ssl.SSLContext | bool = True
         if isinstance(ca_pem, str) and ca_pem.strip():
             ssl_ctx = ssl.create_default_context(cadata=ca_pem)
-        timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
         try:
-            async with self._session.post(
+            status, raw = await self._http.request(
+                "POST",
                 url,
+                timeout_seconds=self._settings.timeout_seconds,
+                max_bytes=self._settings.max_response_bytes,
+                tls=ssl_ctx,
                 data=form,
-                timeout=timeout,
-                ssl=ssl_ctx,
-                allow_redirects=False,
                 headers=headers,
-            ) as resp:
-                raw = await resp.content.read(self._settings.max_response_bytes + 1)
-                status = resp.status
+            )
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             # Never the exception text: it may quote the request.
             raise UpstreamMintFailed(

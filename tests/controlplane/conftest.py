@@ -10,10 +10,13 @@ import asyncpg
 import httpx
 import pytest
 
+from controlplane.attest.attestor import Attestor
+from controlplane.attest.identity import ClusterTrust, InvalidSubjectToken
 from controlplane.clock import FakeClock
 from devkit.controlplane_server import ControlPlane, running_control_plane
 from devkit.issuer import ClusterIssuer
 from devkit.postgres_server import PostgresServer, PostgresUnavailable, postgres_server
+from devkit.registry_bodies import service_account_workload
 
 # High enough that ordinary tests never meet the limit; test_rate_limit uses the default.
 TEST_RATE_LIMIT = 100_000
@@ -58,10 +61,7 @@ async def new_key(admin: httpx.AsyncClient, role: str, name: str = "k") -> str:
 
 
 def workload_body(name: str = "inventory-service", namespace: str = "production", sa: str = "inventory-svc"):
-    return {
-        "name": name,
-        "attestation": {"type": "kubernetes-service-account", "namespace": namespace, "service_account": sa},
-    }
+    return service_account_workload(name, namespace=namespace, service_account=sa)
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +97,31 @@ def db_config(request, tmp_path) -> dict[str, Any]:
     if request.param == "sqlite":
         return {"db_path": tmp_path / "cp.db"}
     return {"db_path": tmp_path / "unused.db", "db_dsn": request.getfixturevalue("pg_dsn")}
+
+
+async def refusal(verifier: Any, token: str, cluster: ClusterTrust) -> InvalidSubjectToken:
+    """The error `verifier` (JWKS or TokenReview) refuses `token` with; the verifier is closed either way."""
+    try:
+        with pytest.raises(InvalidSubjectToken) as info:
+            await verifier.verify(token, cluster)
+    finally:
+        await verifier.close()
+    return info.value
+
+
+async def reason_of(attestor: Attestor, token: str) -> str:
+    """Why `attestor` refuses `token` (always a 401 invalid_subject_token)."""
+    with pytest.raises(InvalidSubjectToken) as info:
+        await attestor.attest(token)
+    assert info.value.code == "invalid_subject_token" and info.value.status == 401
+    return info.value.reason
+
+
+class Clusters:
+    """The clusters the attestor may look up by issuer (the registry, without a store)."""
+
+    def __init__(self, *clusters: ClusterTrust) -> None:
+        self.by_issuer = {c.issuer: c for c in clusters}
+
+    async def cluster_by_issuer(self, issuer: str) -> ClusterTrust | None:
+        return self.by_issuer.get(issuer)

@@ -24,6 +24,7 @@ from controlplane.clock import FakeClock
 from controlplane.exchange_settings import ExchangeSettings
 from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 from tests.controlplane.conftest import client_for
 
 CLIENT_ID, CLIENT_SECRET = "sesame-client", "s3cr3t:with/odd+chars"
@@ -161,15 +162,9 @@ async def exchange_env(tmp_path: Path, settings: ExchangeSettings) -> AsyncItera
         cluster = await partial.create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
         workload = await partial.create(
             "/v1/workloads",
-            {
-                "name": "checkout",
-                "attestation": {
-                    "type": "kubernetes-service-account",
-                    "namespace": "shop",
-                    "service_account": "checkout",
-                    "cluster": "prod",
-                },
-            },
+            service_account_workload(
+                "checkout", namespace="shop", service_account="checkout", cluster="prod"
+            ),
         )
         target = await partial.create(
             "/v1/targets",

@@ -12,6 +12,7 @@ from controlplane.errors import StartupError
 from controlplane.exchange_settings import ExchangeSettings
 from devkit.controlplane_server import control_plane_process
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
@@ -98,14 +99,7 @@ async def test_serve_flags_and_env_reach_the_running_exchange(tmp_path) -> None:
                 await create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
                 wl = await create(
                     "/v1/workloads",
-                    {
-                        "name": "checkout",
-                        "attestation": {
-                            "type": "kubernetes-service-account",
-                            "namespace": "shop",
-                            "service_account": "checkout",
-                        },
-                    },
+                    service_account_workload("checkout", namespace="shop", service_account="checkout"),
                 )
                 tg = await create("/v1/targets", {"name": "api", "host": "api.example", "audience": "api"})
                 pv = await create(

@@ -12,6 +12,7 @@ import pytest
 
 from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 from tests.proxy.conftest import pki  # noqa: F401  (the session PKI fixture, shared with tests/proxy)
 
 NAMESPACE, SERVICE_ACCOUNT = "shop", "checkout"
@@ -65,13 +66,10 @@ class Sesame:
 async def register_workload(s: Sesame) -> None:
     """Trust the issuer as cluster "local" and register the token's service account as a workload."""
     await s.api("POST", "/v1/clusters", {"name": "local", "issuer": s.issuer.issuer}, 201)
-    attestation = {
-        "type": "kubernetes-service-account",
-        "namespace": NAMESPACE,
-        "service_account": SERVICE_ACCOUNT,
-        "cluster": "local",
-    }
-    wl = await s.api("POST", "/v1/workloads", {"name": "checkout", "attestation": attestation}, 201)
+    body = service_account_workload(
+        "checkout", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT, cluster="local"
+    )
+    wl = await s.api("POST", "/v1/workloads", body, 201)
     s.workload_id = wl["id"]
 
 

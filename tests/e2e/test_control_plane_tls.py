@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,11 @@ import pytest
 from devkit.certs import DevCA
 from devkit.controlplane_server import ControlPlaneProcess, control_plane_process
 from devkit.issuer import ClusterIssuer
+from devkit.registry_bodies import service_account_workload
 from devkit.upstream import ApiServer, server_context
 from tests.e2e.conftest import NAMESPACE, SERVICE_ACCOUNT
 from tests.proxy.conftest import API_KEY, Pki
-from tests.proxy.procs import ProxyProcess, start_proxy_process
+from tests.proxy.procs import ProxyProcess, governed_args, start_proxy_process
 
 POLL_ATTEMPTS = 200  # x 0.05 s: the bound of every wait below
 
@@ -71,15 +73,9 @@ async def _govern(admin: httpx.AsyncClient, issuer: ClusterIssuer, port: int) ->
     workload = await _post(
         admin,
         "/v1/workloads",
-        {
-            "name": "checkout",
-            "attestation": {
-                "type": "kubernetes-service-account",
-                "namespace": NAMESPACE,
-                "service_account": SERVICE_ACCOUNT,
-                "cluster": "local",
-            },
-        },
+        service_account_workload(
+            "checkout", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT, cluster="local"
+        ),
     )
     target = await _post(admin, "/v1/targets", {"name": "payments", "host": "localhost", "port": port})
     provider = await _post(
@@ -97,37 +93,11 @@ async def _govern(admin: httpx.AsyncClient, issuer: ClusterIssuer, port: int) ->
     )
 
 
-async def _start_proxy(cp: TlsControlPlane, pki: Pki, token_file: Path, env: dict[str, str]) -> ProxyProcess:
-    return await start_proxy_process(
-        "--control-plane",
-        cp.url,
-        "--token-file",
-        str(token_file),
-        "--ca-dir",
-        str(pki.ca_dir),
-        "--upstream-ca",
-        str(pki.dev_ca_file),
-        "--pod-name",
-        "checkout-7d9f",
-        "--heartbeat-interval",
-        "0.2",
-        env=env,
-    )
-
-
-async def _wait_ready(proxy: ProxyProcess) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=5) as client:
-        for _ in range(POLL_ATTEMPTS):
-            resp = await client.get(proxy.admin_url + "/readyz")
-            if resp.status_code == 200:
-                return resp
-            await asyncio.sleep(0.05)
-    return resp
-
-
-async def test_proxy_trusting_the_control_plane_ca_gets_routes_credentials_and_heartbeats(
-    tls_control_plane, admin, pki, tmp_path
-):
+@asynccontextmanager
+async def _governed_proxy(
+    cp: TlsControlPlane, admin: httpx.AsyncClient, pki: Pki, tmp_path: Path, *, control_plane_ca: bytes
+) -> AsyncIterator[tuple[ApiServer, ProxyProcess]]:
+    """An HTTPS upstream, a workload allowed to call it, and a proxy given `control_plane_ca` (PEM)."""
     api = await ApiServer(API_KEY, ssl_context=server_context(pki.server_cert, pki.server_key)).start()
     proxy = None
     try:
@@ -137,26 +107,42 @@ async def test_proxy_trusting_the_control_plane_ca_gets_routes_credentials_and_h
             )
             await _govern(admin, issuer, api.port)
             # PEM text in the environment, exactly what the webhook injects.
-            env = {"SESAME_CONTROL_PLANE_CA": tls_control_plane.ca.cert_pem.decode()}
-            proxy = await _start_proxy(tls_control_plane, pki, Path(token_file), env)
-            ready = await _wait_ready(proxy)
-            assert ready.status_code == 200, ready.text
-            verify = ssl.create_default_context(cafile=str(pki.client_bundle))
-            async with httpx.AsyncClient(proxy=proxy.url, verify=verify, timeout=10) as client:
-                resp = await client.get(f"https://localhost:{api.port}/v1/charges")
-            assert resp.status_code == 200, resp.text
-            assert [s.authorized for s in api.seen] == [True]
-            fleet: list[dict] = []
-            for _ in range(POLL_ATTEMPTS):
-                fleet = (await admin.get("/v1/proxies")).json()["data"]
-                if fleet:
-                    break
-                await asyncio.sleep(0.05)
-            assert [p["pod"] for p in fleet] == ["checkout-7d9f"]
+            env = {"SESAME_CONTROL_PLANE_CA": control_plane_ca.decode()}
+            proxy = await start_proxy_process(
+                *governed_args(cp.url, Path(token_file), pki),
+                "--pod-name",
+                "checkout-7d9f",
+                "--heartbeat-interval",
+                "0.2",
+                env=env,
+            )
+            yield api, proxy
     finally:
         if proxy is not None:
             await proxy.stop()
         await api.close()
+
+
+async def test_proxy_trusting_the_control_plane_ca_gets_routes_credentials_and_heartbeats(
+    tls_control_plane, admin, pki, tmp_path
+):
+    ca_pem = tls_control_plane.ca.cert_pem
+    governed = _governed_proxy(tls_control_plane, admin, pki, tmp_path, control_plane_ca=ca_pem)
+    async with governed as (api, proxy):
+        ready = await proxy.wait_ready(POLL_ATTEMPTS)
+        assert ready.status_code == 200, ready.text
+        verify = ssl.create_default_context(cafile=str(pki.client_bundle))
+        async with httpx.AsyncClient(proxy=proxy.url, verify=verify, timeout=10) as client:
+            resp = await client.get(f"https://localhost:{api.port}/v1/charges")
+        assert resp.status_code == 200, resp.text
+        assert [s.authorized for s in api.seen] == [True]
+        fleet: list[dict] = []
+        for _ in range(POLL_ATTEMPTS):
+            fleet = (await admin.get("/v1/proxies")).json()["data"]
+            if fleet:
+                break
+            await asyncio.sleep(0.05)
+        assert [p["pod"] for p in fleet] == ["checkout-7d9f"]
     events = (await admin.get("/v1/audit", params={"type": "token.issued"})).json()["events"]
     assert [(e["target_service"], e["outcome"]) for e in events] == [("payments", "success")]
     log = tls_control_plane.process.log_text()
@@ -166,28 +152,16 @@ async def test_proxy_trusting_the_control_plane_ca_gets_routes_credentials_and_h
 async def test_proxy_without_the_control_plane_ca_refuses_the_connection_and_stays_unready(
     tls_control_plane, admin, pki, tmp_path
 ):
-    api = await ApiServer(API_KEY, ssl_context=server_context(pki.server_cert, pki.server_key)).start()
-    proxy = None
-    try:
-        async with ClusterIssuer() as issuer:
-            token_file = issuer.write_token(
-                tmp_path / "token", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT
-            )
-            await _govern(admin, issuer, api.port)
-            # A CA that did not sign the control plane's certificate: verification must fail.
-            stranger = DevCA("Not The Control Plane CA")
-            env = {"SESAME_CONTROL_PLANE_CA": stranger.cert_pem.decode()}
-            proxy = await _start_proxy(tls_control_plane, pki, Path(token_file), env)
-            failure = await proxy.wait_for_log("route refresh failed")
-            assert failure["error"] == "credential_unavailable"
-            async with httpx.AsyncClient(timeout=5) as client:
-                ready = await client.get(proxy.admin_url + "/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["routes"] == "not_loaded"
-    finally:
-        if proxy is not None:
-            await proxy.stop()
-        await api.close()
+    # A CA that did not sign the control plane's certificate: verification must fail.
+    stranger = DevCA("Not The Control Plane CA").cert_pem
+    governed = _governed_proxy(tls_control_plane, admin, pki, tmp_path, control_plane_ca=stranger)
+    async with governed as (api, proxy):
+        failure = await proxy.wait_for_log("route refresh failed")
+        assert failure["error"] == "credential_unavailable"
+        async with httpx.AsyncClient(timeout=5) as client:
+            ready = await client.get(proxy.admin_url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["routes"] == "not_loaded"
     assert api.seen == []
     assert (await admin.get("/v1/proxies")).json()["data"] == []
     events = (await admin.get("/v1/audit", params={"type": "token.issued"})).json()["events"]

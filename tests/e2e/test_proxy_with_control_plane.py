@@ -12,23 +12,12 @@ from devkit.controlplane_server import running_control_plane
 from devkit.issuer import ClusterIssuer
 from devkit.upstream import ApiServer, server_context
 from proxy.app import Proxy
-from proxy.config import ProxySettings
 from tests.e2e.conftest import NAMESPACE, SERVICE_ACCOUNT, Sesame, register_workload
-from tests.proxy.conftest import API_KEY, FakeClock, Pki
+from tests.proxy.conftest import API_KEY, FakeClock, Pki, settings_for
 
 
 async def start(sesame, pki: Pki, clock=None) -> Proxy:
-    settings = ProxySettings(
-        control_plane=sesame.url,
-        token_file=sesame.token_file,
-        listen=("127.0.0.1", 0),
-        admin=("127.0.0.1", 0),
-        ca_dir=pki.ca_dir,
-        upstream_ca_file=pki.dev_ca_file,
-        heartbeat_interval=3600,
-        observations_interval=3600,
-    )
-    proxy = Proxy(settings, clock=clock or FakeClock())
+    proxy = Proxy(settings_for(sesame.url, pki, sesame.token_file), clock=clock or FakeClock())
     await proxy.start()
     await proxy.routes.refresh()
     return proxy

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import aiohttp
 import jsonpatch
 import pytest
-from aiohttp import web
 
 from controlplane.api_keys import generate_key
 from controlplane.app import create_app
 from controlplane.config import Config
 from controlplane.injector_spec import InjectorSettings
 from devkit.certs import DevCA
+from devkit.controlplane_server import serving
+from devkit.upstream import server_context
 
 from .admission import deployment_review, pod, review_of, validate_pod
 
@@ -71,19 +72,12 @@ async def webhook(tmp_path):
         tls_key=server.key_file,
         injector=InjectorSettings(proxy_image="registry.example.com/sesame-proxy:0.1.0"),
     )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    runner = web.AppRunner(create_app(config), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
     client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx))
-    try:
-        yield Webhook(f"https://127.0.0.1:{runner.addresses[0][1]}", session, owner)
-    finally:
-        await session.close()
-        await runner.cleanup()
+    async with (
+        serving(create_app(config), ssl_context=server_context(server.cert_file, server.key_file)) as port,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session,
+    ):
+        yield Webhook(f"https://127.0.0.1:{port}", session, owner)
 
 
 async def test_pod_is_injected_over_https_and_audited(webhook: Webhook):

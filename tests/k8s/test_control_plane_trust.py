@@ -25,8 +25,9 @@ from proxy.config import ProxySettings, add_run_arguments
 from proxy.tls import client_context
 
 from .admission import container, patched, pod, review_of
+from .chart import FULLNAME, container_env, find, literal_env, render
 from .helm_binary import helm_binary
-from .test_helm_chart import FULLNAME, container_env, find, literal_env, render
+from .tls_ok_server import tls_ok_server
 
 
 @pytest.fixture(scope="session")
@@ -64,19 +65,7 @@ async def test_injected_proxy_verifies_the_charts_control_plane_certificate(helm
     url = urlsplit(settings.control_plane)
     assert url.scheme == "https"
 
-    (tmp_path / "tls.crt").write_bytes(files["tls.crt"])
-    (tmp_path / "tls.key").write_bytes(files["tls.key"])
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"ok")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with tls_ok_server(files["tls.crt"], files["tls.key"], tmp_path) as port:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=client_context(settings.control_plane_ca), server_hostname=url.hostname
         )
@@ -87,9 +76,6 @@ async def test_injected_proxy_verifies_the_charts_control_plane_certificate(helm
             await asyncio.open_connection(
                 "127.0.0.1", port, ssl=client_context(None), server_hostname=url.hostname
             )
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def test_without_a_control_plane_ca_the_proxy_gets_no_ca_variable(helm: Path):

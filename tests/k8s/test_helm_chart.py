@@ -35,6 +35,7 @@ from .chart import (
     render,
     values_args,
 )
+from .tls_ok_server import tls_ok_server
 
 VALUES = {
     "default": None,
@@ -200,20 +201,8 @@ async def test_generated_webhook_certificate_verifies_against_the_rendered_ca_bu
     assert len(bundles) == 1, "both webhooks must carry the same caBundle"
     ca_pem = base64.b64decode(bundles.pop()).decode()
     assert base64.b64decode(secret["data"]["ca.crt"]).decode() == ca_pem
-    (tmp_path / "tls.crt").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
-    (tmp_path / "tls.key").write_bytes(base64.b64decode(secret["data"]["tls.key"]))
-
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"ok")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    cert_pem, key_pem = (base64.b64decode(secret["data"][name]) for name in ("tls.crt", "tls.key"))
+    async with tls_ok_server(cert_pem, key_pem, tmp_path) as port:
         client_ctx = ssl.create_default_context(cadata=ca_pem)
         for name in (SERVICE_DNS, f"{SERVICE_DNS}.cluster.local", FULLNAME):
             reader, writer = await asyncio.open_connection(
@@ -229,9 +218,6 @@ async def test_generated_webhook_certificate_verifies_against_the_rendered_ca_bu
             await asyncio.open_connection(
                 "127.0.0.1", port, ssl=ssl.create_default_context(), server_hostname=SERVICE_DNS
             )
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def dns_sans(pem: bytes) -> list[str]:

@@ -19,11 +19,12 @@ from typing import Any
 import aiohttp
 import kubernetes_validate
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.app import create_app
 from controlplane.config import Config
+from devkit.controlplane_server import serving
+from devkit.upstream import server_context
 
 from .admission import K8S_VERSION
 from .chart import FULLNAME, NAMESPACE, SERVICE_DNS, find, kinds, render, template_process
@@ -90,27 +91,21 @@ async def test_metrics_scrape_as_the_service_monitor_describes(helm: Path, tmp_p
         tls_cert=tmp_path / "tls.crt",
         tls_key=tmp_path / "tls.key",
     )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    runner = web.AppRunner(create_app(config), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = runner.addresses[0][1]
     client_ctx = ssl.create_default_context(
         cadata=base64.b64decode(secret[tls["ca"]["secret"]["key"]]).decode()
     )
-    url = f"{endpoint['scheme']}://127.0.0.1:{port}{endpoint['path']}"
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
-            async with session.get(url, server_hostname=tls["serverName"]) as resp:
-                assert resp.status == 200
-                assert resp.content_type == "text/plain"
-                body = await resp.text()
-            with pytest.raises(aiohttp.ClientConnectorCertificateError):
-                await session.get(url, server_hostname="prometheus.example.com")
-    finally:
-        await runner.cleanup()
+    server_ctx = server_context(tmp_path / "tls.crt", tmp_path / "tls.key")
+    async with (
+        serving(create_app(config), ssl_context=server_ctx) as port,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session,
+    ):
+        url = f"{endpoint['scheme']}://127.0.0.1:{port}{endpoint['path']}"
+        async with session.get(url, server_hostname=tls["serverName"]) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
+            body = await resp.text()
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await session.get(url, server_hostname="prometheus.example.com")
     families = {f.name for f in text_string_to_metric_families(body)}
     assert any(name.startswith("sesame_") for name in families), sorted(families)
 

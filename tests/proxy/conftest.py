@@ -121,9 +121,10 @@ def token_file(tmp_path: Path) -> Path:
     return path
 
 
-def settings_for(cp: ControlPlaneDouble, pki: Pki, token_file: Path, **overrides) -> ProxySettings:
+def settings_for(control_plane: str, pki: Pki, token_file: Path, **overrides) -> ProxySettings:
+    """In-process proxy settings: ephemeral ports, the test PKI, background reports out of the way."""
     base = dict(
-        control_plane=cp.url,
+        control_plane=control_plane,
         token_file=token_file,
         listen=("127.0.0.1", 0),
         admin=("127.0.0.1", 0),
@@ -142,7 +143,7 @@ async def start_proxy(cp: ControlPlaneDouble, pki: Pki, token_file: Path, clock:
     started: list[Proxy] = []
 
     async def start(**overrides) -> Proxy:
-        proxy = Proxy(settings_for(cp, pki, token_file, **overrides), clock=clock)
+        proxy = Proxy(settings_for(cp.url, pki, token_file, **overrides), clock=clock)
         await proxy.start()
         started.append(proxy)
         await asyncio.wait_for(proxy.routes.loaded.wait(), 10)

@@ -8,6 +8,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from tests.proxy.conftest import Pki
 
 
 @dataclass
@@ -40,6 +46,16 @@ class ProxyProcess:
                 return int(line.split()[1])
         raise KeyError(field)
 
+    async def wait_ready(self, attempts: int = 200) -> httpx.Response:
+        """The first 200 from /readyz, polled every 50 ms; after `attempts` polls, the last answer."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(attempts):
+                resp = await client.get(self.admin_url + "/readyz")
+                if resp.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+        return resp
+
     async def stop(self) -> int:
         if self.proc.returncode is None:
             self.proc.terminate()
@@ -49,6 +65,20 @@ class ProxyProcess:
                 self.proc.kill()
                 await self.proc.wait()
         return self.proc.returncode or 0
+
+
+def governed_args(control_plane: str, token_file: Path, pki: Pki) -> list[str]:
+    """`run` flags for a proxy that asks `control_plane` for routes and trusts the test PKI."""
+    return [
+        "--control-plane",
+        control_plane,
+        "--token-file",
+        str(token_file),
+        "--ca-dir",
+        str(pki.ca_dir),
+        "--upstream-ca",
+        str(pki.dev_ca_file),
+    ]
 
 
 def _addr(value: str) -> tuple[str, int]:

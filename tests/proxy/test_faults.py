@@ -101,23 +101,30 @@ async def key_upstream():
     await upstream.server.close()
 
 
+async def _post_after_key_revocation(
+    cp, start_proxy, key_upstream, body: bytes, *, warm: bool
+) -> httpx.Response:
+    """POST `body` through the proxy after the upstream revoked key-1 (the control plane mints key-2 next)."""
+    cp.script["aud-api"] = [("ok", "key-1"), ("ok", "key-2")]
+    cp.routes = [route("api", "127.0.0.1", key_upstream.server.port, scheme="http")]
+    proxy = await start_proxy()
+    url = f"http://127.0.0.1:{key_upstream.server.port}/v1/upload"
+    async with httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client:
+        if warm:
+            assert (await client.get(url)).status_code == 200
+            key_upstream.attempts.clear()
+        key_upstream.valid = {"Bearer key-2"}  # the upstream revoked key-1
+        return await client.post(url, content=body)
+
+
 # warm: the credential is cached before the POST (the fast path sees the 401);
 # cold: the POST itself causes the first exchange (the streams forwarder sees the 401).
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
 async def test_upstream_401_replays_a_buffered_body_once_with_the_fresh_credential(
     cp, start_proxy, key_upstream, warm
 ):
-    cp.script["aud-api"] = [("ok", "key-1"), ("ok", "key-2")]
-    cp.routes = [route("api", "127.0.0.1", key_upstream.server.port, scheme="http")]
-    proxy = await start_proxy()
-    url = f"http://127.0.0.1:{key_upstream.server.port}/v1/upload"
     body = os.urandom(REPLAY_LIMIT)  # the largest replayable body
-    async with httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client:
-        if warm:
-            assert (await client.get(url)).status_code == 200
-            key_upstream.attempts.clear()
-        key_upstream.valid = {"Bearer key-2"}  # the upstream revoked key-1
-        resp = await client.post(url, content=body)
+    resp = await _post_after_key_revocation(cp, start_proxy, key_upstream, body, warm=warm)
     assert resp.status_code == 200, resp.text
     assert resp.text == hashlib.sha256(body).hexdigest()
     assert key_upstream.attempts == [("Bearer key-1", body), ("Bearer key-2", body)]
@@ -128,17 +135,8 @@ async def test_upstream_401_replays_a_buffered_body_once_with_the_fresh_credenti
 async def test_upstream_401_with_a_body_over_the_replay_limit_reaches_the_client(
     cp, start_proxy, key_upstream, warm
 ):
-    cp.script["aud-api"] = [("ok", "key-1"), ("ok", "key-2")]
-    cp.routes = [route("api", "127.0.0.1", key_upstream.server.port, scheme="http")]
-    proxy = await start_proxy()
-    url = f"http://127.0.0.1:{key_upstream.server.port}/v1/upload"
     body = os.urandom(REPLAY_LIMIT + 1)  # streamed, not buffered: cannot be sent twice
-    async with httpx.AsyncClient(proxy=proxy_url(proxy), timeout=10) as client:
-        if warm:
-            assert (await client.get(url)).status_code == 200
-            key_upstream.attempts.clear()
-        key_upstream.valid = {"Bearer key-2"}
-        resp = await client.post(url, content=body)
+    resp = await _post_after_key_revocation(cp, start_proxy, key_upstream, body, warm=warm)
     assert resp.status_code == 401
     assert resp.text == hashlib.sha256(body).hexdigest()  # the upstream's own 401, body intact
     assert key_upstream.attempts == [("Bearer key-1", body)]

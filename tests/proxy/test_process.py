@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.proxy.conftest import route
-from tests.proxy.procs import start_proxy_process
+from tests.proxy.procs import governed_args, start_proxy_process
 from tests.proxy.rawhttp import RawServer, read_head
 
 BIG = 50 * 1024 * 1024
@@ -20,24 +20,9 @@ async def proc_proxy(cp, pki, token_file):
     procs = []
 
     async def start(*extra: str):
-        p = await start_proxy_process(
-            "--control-plane",
-            cp.url,
-            "--token-file",
-            str(token_file),
-            "--ca-dir",
-            str(pki.ca_dir),
-            "--upstream-ca",
-            str(pki.dev_ca_file),
-            *extra,
-        )
+        p = await start_proxy_process(*governed_args(cp.url, token_file, pki), *extra)
         procs.append(p)
-        async with httpx.AsyncClient(timeout=5) as client:  # wait until routes are loaded
-            for _ in range(100):
-                ready = await client.get(p.admin_url + "/readyz")
-                if ready.status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
+        ready = await p.wait_ready(100)  # routes loaded
         assert ready.status_code == 200, (
             f"the proxy did not become ready in 5 s: /readyz {ready.status_code} {ready.text}; "
             f"exit code {p.proc.returncode}; stderr: {p.logs}"

@@ -82,11 +82,7 @@ class SqlAudit:
         before_seq: int | None = None,
     ) -> Page:
         """Newest first."""
-        where, params = _where(filters, since, until)
-        if before_seq is not None:
-            where.append("seq < ?")
-            params.append(before_seq)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where(filters, since, until, before_seq=before_seq)
         rows = await self._db.fetchall(
             f"SELECT {_SELECT} FROM audit_events {clause} ORDER BY seq DESC LIMIT ?", [*params, limit + 1]
         )
@@ -102,8 +98,7 @@ class SqlAudit:
         after: ExportKey | None = None,
     ) -> tuple[ExportKey | None, bool]:
         """The key of the `limit`-th row an export would send (None: fewer rows) and whether more follow."""
-        where, params = _where(filters, since, until, after=after)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where(filters, since, until, after=after)
         rows = await self._db.fetchall(
             f"SELECT ts, seq FROM audit_events {clause} ORDER BY ts, seq LIMIT 2 OFFSET ?",
             [*params, limit - 1],
@@ -128,8 +123,7 @@ class SqlAudit:
         """
         left = limit
         while left > 0:
-            where, params = _where(filters, since, until, after=after, through=through)
-            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            clause, params = _where(filters, since, until, after=after, through=through)
             size = min(self._batch, left)
             rows = await self._db.fetchall(
                 f"SELECT {_SELECT} FROM audit_events {clause} ORDER BY ts, seq LIMIT ?", [*params, size]
@@ -191,7 +185,9 @@ def _where(
     *,
     after: ExportKey | None = None,
     through: ExportKey | None = None,
-) -> tuple[list[str], list[Any]]:
+    before_seq: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The `WHERE ...` clause (empty when nothing filters) and its parameters."""
     where: list[str] = []
     params: list[Any] = []
     for col, value in filters.items():
@@ -212,7 +208,10 @@ def _where(
     if through is not None:
         where.append("(ts, seq) <= (?, ?)")
         params.extend(through)
-    return where, params
+    if before_seq is not None:
+        where.append("seq < ?")
+        params.append(before_seq)
+    return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
 def _event(row: dict[str, Any]) -> dict[str, Any]:
