@@ -89,6 +89,8 @@ class InjectorSettings:
     resources: Resources = Resources()
     exclude_cidrs: tuple[str, ...] = ()
     exclude_ports: tuple[int, ...] = ()
+    # Dual-stack clusters: transparent pods also redirect IPv6 (the proxy listens on [::1] too).
+    ipv6: bool = False
     no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
     truststore_password: str = DEFAULT_TRUSTSTORE_PASSWORD
     # PEM of the CA that signed the control plane's serving certificate (the chart's webhook CA),
@@ -147,6 +149,7 @@ class InjectorSettings:
             ),
             exclude_cidrs=items("EXCLUDE_CIDRS"),
             exclude_ports=ports,
+            ipv6=flag("IPV6", False),
             no_proxy=items("NO_PROXY") or DEFAULT_NO_PROXY,
             truststore_password=get("TRUSTSTORE_PASSWORD", DEFAULT_TRUSTSTORE_PASSWORD),
             control_plane_ca=get("CONTROL_PLANE_CA", "").strip(),
@@ -187,6 +190,8 @@ def init_container(
         args.append(f"--exclude-cidrs={','.join(exclude_cidrs)}")
     if exclude_ports:
         args.append(f"--exclude-ports={','.join(str(p) for p in exclude_ports)}")
+    if transparent and settings.ipv6:
+        args.append("--ipv6=true")
     # CHOWN: the root init container hands the CA directory to the proxy's UID.
     caps = ("NET_ADMIN", "NET_RAW", "CHOWN") if transparent else ()
     return {

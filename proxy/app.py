@@ -97,6 +97,8 @@ class Proxy:
             connections=self.connections,
             metrics=self.metrics,
             observations=self.observations,
+            listen6=self.settings.listen6,
+            listen6_required=self.settings.listen6_required,
         )
         self.admin = AdminServer(
             address=self.settings.admin,
@@ -114,6 +116,7 @@ class Proxy:
             extra={
                 "mode": self.settings.mode,
                 "listen": "{}:{}".format(*self.listener.address),
+                "listen6": "[{}]:{}".format(*self.listener.address6) if self.listener.address6 else None,
                 "admin": "{}:{}".format(*self.admin.address),
             },
         )

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_ADMIN",
     "DEFAULT_CA_DIR",
     "DEFAULT_LISTEN",
+    "DEFAULT_LISTEN6",
     "DEFAULT_TOKEN_FILE",
     "DEFAULT_TRUST_DIR",
     "ProxySettings",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = ("127.0.0.1", 15001)
+DEFAULT_LISTEN6 = "auto"  # transparent mode: also [::1]:<listen port> when the host has ::1
 DEFAULT_ADMIN = ("127.0.0.1", 15020)
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/sesame/token")
 DEFAULT_CA_DIR = Path("/var/run/sesame/ca")
@@ -50,6 +52,24 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_listen6(value: str, mode: str, listen: tuple[str, int]) -> tuple[tuple[str, int] | None, bool]:
+    """``--listen6``: ``auto`` (transparent mode: ``[::1]`` on the listen port, best effort),
+    ``off``, or ``[::1]:PORT`` (required: the proxy fails to start when it cannot bind it).
+
+    Returns (address or None, required). Explicit mode has no IPv6 listener (apps dial the proxy
+    by its ``--listen`` address); port 0 means the IPv4 listener's port.
+    """
+    text = value.strip().lower()
+    if text in ("off", "false", "no", "none", ""):
+        return None, False
+    if text == "auto":
+        return (("::1", listen[1]), False) if mode == "transparent" else (None, False)
+    host, port = parse_hostport(value.strip(), "listen6")
+    if ":" not in host:
+        raise ConfigError(f"listen6 must be an IPv6 address, got {value!r}", field="listen6")
+    return ((host, port), True) if mode == "transparent" else (None, False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProxySettings:
     """Everything `sesame-proxy run` needs; built once by `from_namespace` and passed down."""
@@ -58,6 +78,9 @@ class ProxySettings:
     token_file: Path = DEFAULT_TOKEN_FILE
     listen: tuple[str, int] = DEFAULT_LISTEN
     mode: Mode = "explicit"
+    # Transparent mode's IPv6 listener (REDIRECTed IPv6 connections arrive on [::1]); None: none.
+    listen6: tuple[str, int] | None = None
+    listen6_required: bool = False  # False: a failed bind (no ::1 in the pod) only logs a warning
     admin: tuple[str, int] = DEFAULT_ADMIN
     ca_dir: Path = DEFAULT_CA_DIR
     upstream_ca_file: Path | None = None
@@ -97,12 +120,16 @@ class ProxySettings:
     def from_namespace(cls, ns: argparse.Namespace) -> ProxySettings:
         if not ns.control_plane:
             raise ConfigError("--control-plane (SESAME_CONTROL_PLANE) is required", field="control_plane")
+        listen = parse_hostport(ns.listen, "listen")
+        listen6, required = parse_listen6(str(getattr(ns, "listen6", DEFAULT_LISTEN6)), ns.mode, listen)
         try:
             return cls(
                 control_plane=ns.control_plane.rstrip("/"),
                 token_file=Path(ns.token_file),
-                listen=parse_hostport(ns.listen, "listen"),
+                listen=listen,
                 mode=ns.mode,
+                listen6=listen6,
+                listen6_required=required,
                 admin=parse_hostport(ns.admin, "admin"),
                 ca_dir=Path(ns.ca_dir),
                 upstream_ca_file=Path(ns.upstream_ca) if ns.upstream_ca else None,
@@ -132,6 +159,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     flag("token-file", str(DEFAULT_TOKEN_FILE), "projected service-account token file")
     flag("listen", f"{DEFAULT_LISTEN[0]}:{DEFAULT_LISTEN[1]}", "proxy listen address")
     flag("mode", "explicit", "explicit (HTTP_PROXY) or transparent (REDIRECT)")
+    flag("listen6", DEFAULT_LISTEN6, "transparent IPv6 listener: auto ([::1], same port), off or [::1]:PORT")
     flag("admin", f"{DEFAULT_ADMIN[0]}:{DEFAULT_ADMIN[1]}", "admin listen address (health, metrics, quit)")
     flag("ca-dir", str(DEFAULT_CA_DIR), "directory of the pod CA (created when missing)")
     flag("upstream-ca", "", "extra PEM roots trusted for upstream TLS, beside the system roots")

@@ -96,7 +96,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     flag("ca-dir", str(DEFAULT_CA_DIR), "private pod CA directory (proxy only)")
     flag("trust-dir", str(DEFAULT_TRUST_DIR), "trust bundle directory (apps, read-only)")
     flag("netfilter-backend", "auto", "auto (nft where available), nft or iptables")
-    flag("ipv6", "false", "also redirect IPv6 TCP (the proxy must listen on [::1])")
+    flag("ipv6", "false", "also redirect IPv6 TCP (to [::1]:PORT; the proxy listens there by default)")
     return parser
 
 

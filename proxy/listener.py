@@ -23,7 +23,8 @@ from proxy.wire import MAX_HEAD, error_response, tunnel
 
 __all__ = ["DEFAULT_PEEK_TIMEOUT", "Listener", "original_dst"]
 
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h (SOL_IP)
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h, level SOL_IPV6 (= IPPROTO_IPV6)
 DEFAULT_PEEK_TIMEOUT = 2.0  # a client silent this long is tunneled raw (server-speaks-first protocols)
 _HANDSHAKE_TIMEOUT = 10.0
 _MAX_PEEKS = 50
@@ -46,7 +47,7 @@ def original_dst(sock: socket.socket) -> tuple[str, int] | None:
     """The pre-REDIRECT destination of an accepted socket, or None when it was not redirected."""
     try:
         if sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(socket.SOL_IPV6, SO_ORIGINAL_DST, 28)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)  # struct sockaddr_in6
             return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
         return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
@@ -105,18 +106,22 @@ class Listener:
         metrics: Metrics,
         observations: Observations,
         peek_timeout: float = DEFAULT_PEEK_TIMEOUT,
+        listen6: tuple[str, int] | None = None,
+        listen6_required: bool = False,
     ) -> None:
         self.mode, self.listen = mode, listen
+        self.listen6, self._listen6_required = listen6, listen6_required
         self._forwarder, self._routes, self._leaves, self._pool = forwarder, routes, leaves, pool
         self._connections = connections
         self._metrics, self._observe = metrics, observations.record
         self._peek_timeout = peek_timeout
         self._server: asyncio.Server | None = None
-        self._sock: socket.socket | None = None
-        self._accept_task: asyncio.Task | None = None
+        self._socks: list[socket.socket] = []
+        self._accept_tasks: list[asyncio.Task] = []
         self._conns: set[asyncio.Task] = set()  # slow-path connections and connects in flight
         self._fast: set[ClientConnection] = set()
         self.address: tuple[str, int] = listen
+        self.address6: tuple[str, int] | None = None  # transparent mode's IPv6 listener, when bound
 
     async def start(self) -> None:
         if self.mode == "explicit":
@@ -129,25 +134,45 @@ class Listener:
             )
             self.address = self._server.sockets[0].getsockname()[:2]
             return
-        family = socket.AF_INET6 if ":" in self.listen[0] else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(self.listen)
-        self._sock.listen(1024)
-        self._sock.setblocking(False)
-        self.address = self._sock.getsockname()[:2]
-        self._accept_task = asyncio.create_task(self._accept_loop(), name="sesame-accept")
+        self.address = self._bind(self.listen)
+        if self.listen6 is not None:
+            # Port 0 (``--listen6 auto`` with an ephemeral listen port): the IPv4 listener's port.
+            host6, port6 = self.listen6[0], self.listen6[1] or self.address[1]
+            try:
+                self.address6 = self._bind((host6, port6))
+            except OSError as exc:
+                if self._listen6_required:
+                    raise
+                log.warning("no IPv6 listener", extra={"listen6": f"[{host6}]:{port6}", "reason": str(exc)})
+
+    def _bind(self, address: tuple[str, int]) -> tuple[str, int]:
+        """A non-blocking transparent-mode listening socket with its accept loop; its bound address."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._socks.append(sock)
+        self._accept_tasks.append(asyncio.create_task(self._accept_loop(sock), name="sesame-accept"))
+        return sock.getsockname()[:2]
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let open connections finish for up to `grace` seconds, then cut them."""
         loop = asyncio.get_running_loop()
         if self._server is not None:
             self._server.close()
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            await asyncio.gather(self._accept_task, return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close()
+        for task in self._accept_tasks:
+            task.cancel()
+        await asyncio.gather(*self._accept_tasks, return_exceptions=True)
+        for sock in self._socks:
+            sock.close()
         for conn in list(self._fast):
             conn.shutdown()
         deadline = loop.time() + grace
@@ -264,12 +289,11 @@ class Listener:
 
     # transparent mode
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        assert self._sock is not None
         while True:
             try:
-                sock, _ = await loop.sock_accept(self._sock)
+                sock, _ = await loop.sock_accept(listening)
             except OSError as exc:
                 log.warning("accept failed", extra={"reason": str(exc)})
                 await asyncio.sleep(0.1)

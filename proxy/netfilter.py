@@ -58,8 +58,8 @@ class NetfilterError(ProxyError):
 class RedirectSettings:
     """What to redirect: all TCP to ``proxy_port`` except the proxy UID, loopback and exclusions.
 
-    ``ipv6`` also captures IPv6 TCP (the proxy must then listen on ``[::1]`` too); when off,
-    IPv6 traffic is left untouched.
+    ``ipv6`` also captures IPv6 TCP (REDIRECT maps it to ``[::1]:proxy_port``, where the proxy listens
+    in transparent mode unless ``--listen6 off``); when off, IPv6 traffic is left untouched.
     """
 
     proxy_port: int = DEFAULT_PROXY_PORT

@@ -26,7 +26,8 @@ def _run(*argv: str) -> None:
 class NetnsPair:
     """A "pod" namespace joined by a veth pair to a "remote" namespace serving upstream ports.
 
-    pod: 10.231.0.1/24 (lo up); remote: 10.231.0.2 and 10.231.0.3. Servers are started with
+    pod: 10.231.0.1/24 and fd00:231::1/64 (lo up); remote: 10.231.0.2, 10.231.0.3 and
+    fd00:231::2, fd00:231::3 (IPv6 added with ``nodad``: usable at once). Servers are started with
     :meth:`serve` and stopped at teardown.
     """
 
@@ -117,9 +118,12 @@ def netns_pair() -> Iterator[NetnsPair]:
             *pod, "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", pair.remote
         )
         _run(*pod, "ip", "addr", "add", "10.231.0.1/24", "dev", "veth0")
+        _run(*pod, "ip", "-6", "addr", "add", "fd00:231::1/64", "dev", "veth0", "nodad")
         _run(*pod, "ip", "link", "set", "veth0", "up")
         _run(*remote, "ip", "addr", "add", "10.231.0.2/24", "dev", "veth1")
         _run(*remote, "ip", "addr", "add", "10.231.0.3/24", "dev", "veth1")
+        for addr in ("fd00:231::2/64", "fd00:231::3/64"):
+            _run(*remote, "ip", "-6", "addr", "add", addr, "dev", "veth1", "nodad")
         _run(*remote, "ip", "link", "set", "veth1", "up")
         yield pair
     finally:

@@ -1,7 +1,8 @@
 """Stand-alone TCP peer run inside a network namespace by the netfilter tests (stdlib only).
 
 ``serve NAME ADDR:PORT...``: accept on every address, answer each connection with one line
-``NAME <local port> <original destination>`` (SO_ORIGINAL_DST, or ``-`` when not redirected) and close;
+``NAME <local port> <original destination>`` (SO_ORIGINAL_DST, or ``-`` when not redirected) and close
+(ADDR may be ``[IPv6]``: IPv6 uses IP6T_SO_ORIGINAL_DST and prints ``[addr]:port``);
 prints ``ready`` once listening and exits after ``--lifetime`` seconds or when stdin closes.
 ``connect HOST PORT``: print the line the server sent, or ``error: ...``.
 """
@@ -19,21 +20,35 @@ LIFETIME_SECONDS = 60.0
 
 
 def original_dst(conn: socket.socket) -> str:
+    v6 = conn.family == socket.AF_INET6
     try:
-        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        if v6:
+            raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        else:
+            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
         return "-"
-    port, addr = struct.unpack("!2xH4s8x", raw)
-    host = socket.inet_ntoa(addr)
-    return "-" if (host, port) == conn.getsockname()[:2] else f"{host}:{port}"
+    if v6:
+        port, addr = struct.unpack_from("!2xH4x16s", raw)
+        host = socket.inet_ntop(socket.AF_INET6, addr)
+    else:
+        port, addr = struct.unpack("!2xH4s8x", raw)
+        host = socket.inet_ntoa(addr)
+    if (host, port) == conn.getsockname()[:2]:
+        return "-"
+    return f"[{host}]:{port}" if v6 else f"{host}:{port}"
 
 
 def serve(name: str, addrs: list[str]) -> int:
     sel = selectors.DefaultSelector()
     for spec in addrs:
         host, _, port = spec.rpartition(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v6 = host.startswith("[")
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if v6:
+            host = host.strip("[]")
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, int(port)))
         sock.listen(64)
         sel.register(sock, selectors.EVENT_READ, "listen")

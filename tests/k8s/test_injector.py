@@ -206,6 +206,13 @@ def test_exclusions_from_settings_and_annotations_reach_the_init_container():
     assert "--exclude-ports=5432,6379" in args
 
 
+def test_dual_stack_setting_makes_the_init_container_redirect_ipv6():
+    doc = review_of(pod(APP, annotations={"sesame.dev/inject": "true"}))
+    assert "--ipv6=true" not in container(patched(doc, run(doc)[0]), "sesame-init")["args"]
+    settings = InjectorSettings.build({"SESAME_INJECTOR_IPV6": "true"})
+    assert "--ipv6=true" in container(patched(doc, run(doc, settings)[0]), "sesame-init")["args"]
+
+
 def test_user_set_trust_variable_is_kept_with_a_warning():
     app = {**APP, "env": [{"name": "SSL_CERT_FILE", "value": "/etc/custom.pem"}]}
     doc = review_of(pod(app, annotations={"sesame.dev/inject": "true"}))

@@ -1,8 +1,9 @@
 """Transparent mode in a network namespace the test creates, with the init container's REDIRECT rules.
 
 Layout: a "pod" namespace joined by a veth pair to the test's namespace (10.233.K.1 here, .2 in the
-pod). The control-plane double and the upstream APIs listen on 10.233.K.1; inside the pod the proxy
-runs as UID 1337 (excluded from REDIRECT, like the sidecar) and curl runs as UID 1000 with no proxy
+pod; IPv6 fd00:231:K::1 here, ::2 in the pod). The control-plane double listens on 10.233.K.1, the
+upstream APIs on 10.233.K.1 or fd00:231:K::1; inside the pod the proxy runs as UID 1337
+(excluded from REDIRECT, like the sidecar) and curl runs as UID 1000 with no proxy
 settings, so its connections reach the proxy only through the netfilter rules of proxy/netfilter.py.
 """
 
@@ -41,20 +42,23 @@ def _run(*argv: str) -> None:
 
 @pytest.fixture
 def pod_netns():
-    """(namespace name, host-side IP, pod-side IP); removed at teardown."""
+    """(namespace name, host-side IP, pod-side IP, host-side IPv6); removed at teardown."""
     k = (os.getpid() + next(_counter)) % 200 + 20
     ns, host_if, pod_if = f"sesprx{k}", f"vsx{k}h", f"vsx{k}p"
     host_ip, pod_ip = f"10.233.{k}.1", f"10.233.{k}.2"
+    host_ip6, pod_ip6 = f"fd00:231:{k:x}::1", f"fd00:231:{k:x}::2"
     _run("ip", "netns", "add", ns)
     try:
         _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if, "netns", ns)
         _run("ip", "addr", "add", f"{host_ip}/24", "dev", host_if)
+        _run("ip", "-6", "addr", "add", f"{host_ip6}/64", "dev", host_if, "nodad")  # no DAD wait
         _run("ip", "link", "set", host_if, "up")
         inside = ("ip", "netns", "exec", ns)
         _run(*inside, "ip", "link", "set", "lo", "up")
         _run(*inside, "ip", "addr", "add", f"{pod_ip}/24", "dev", pod_if)
+        _run(*inside, "ip", "-6", "addr", "add", f"{pod_ip6}/64", "dev", pod_if, "nodad")
         _run(*inside, "ip", "link", "set", pod_if, "up")
-        yield ns, host_ip, pod_ip
+        yield ns, host_ip, pod_ip, host_ip6
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
@@ -106,24 +110,9 @@ async def curl(ns: str, *args: str) -> tuple[str, str]:
     return out.decode(), err.decode()
 
 
-async def test_redirected_http_and_https_get_the_credential_and_others_pass_untouched(
-    pod_netns, shared_dir, pki
-):
-    ns, host_ip, _ = pod_netns
-    cert = pki.dev_ca.issue(["api.sesame.test", host_ip], shared_dir / "server")
-    https_api = await ApiServer(
-        API_KEY, host_ip, ssl_context=server_context(cert.cert_file, cert.key_file)
-    ).start()
-    http_api = await ApiServer(API_KEY, host_ip).start()
-    cp = ControlPlaneDouble(host=host_ip)
-    cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
-    cp.routes = [
-        route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
-        route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
-    ]
-    await cp.start()
-    backend = apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
-    proxy = await start_proxy_process(
+async def _start_proxy(ns: str, shared_dir: Path, cp: ControlPlaneDouble):
+    """The proxy inside the pod namespace, as the sidecar's UID, on the fixed transparent port."""
+    return await start_proxy_process(
         "--mode",
         "transparent",
         "--control-plane",
@@ -147,6 +136,26 @@ async def test_redirected_http_and_https_get_the_credential_and_others_pass_unto
         listen="127.0.0.1:15001",
         admin="127.0.0.1:15020",
     )
+
+
+async def test_redirected_http_and_https_get_the_credential_and_others_pass_untouched(
+    pod_netns, shared_dir, pki
+):
+    ns, host_ip, _, _ = pod_netns
+    cert = pki.dev_ca.issue(["api.sesame.test", host_ip], shared_dir / "server")
+    https_api = await ApiServer(
+        API_KEY, host_ip, ssl_context=server_context(cert.cert_file, cert.key_file)
+    ).start()
+    http_api = await ApiServer(API_KEY, host_ip).start()
+    cp = ControlPlaneDouble(host=host_ip)
+    cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
+    cp.routes = [
+        route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
+        route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
+    ]
+    await cp.start()
+    backend = apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
+    proxy = await _start_proxy(ns, shared_dir, cp)
     try:
         await proxy.wait_for_log("routes loaded")
         bundle = str(shared_dir / "app-bundle.pem")
@@ -165,6 +174,72 @@ async def test_redirected_http_and_https_get_the_credential_and_others_pass_unto
         # Not governed (no route names the bare IP): tunneled, so only the real certificate verifies.
         code, err = await curl(
             ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://{host_ip}:{https_api.port}/v1/hello"
+        )
+        assert code == "401", err
+        assert "Authorization" not in https_api.seen[-1].headers
+        assert sorted(e["audience"] for e in cp.exchanges) == ["aud-plain", "aud-tls"]
+    finally:
+        await proxy.stop()
+        await cp.stop()
+        await https_api.close()
+        await http_api.close()
+
+
+@pytest.fixture(params=["nft", "iptables"])
+def backend(request) -> str:
+    tool = "nft" if request.param == "nft" else "ip6tables-restore"
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} is not installed")
+    return request.param
+
+
+async def test_ipv6_redirected_to_the_ipv6_listener_gets_the_credential_and_others_pass_untouched(
+    pod_netns, shared_dir, pki, backend
+):
+    """Dual-stack pod: REDIRECT maps IPv6 connections to [::1]:15001, which the proxy listens on
+    (``--listen6 auto``), and IP6T_SO_ORIGINAL_DST gives it the IPv6 upstream."""
+    ns, host_ip, _, host_ip6 = pod_netns
+    cert = pki.dev_ca.issue(["api.sesame.test", host_ip6], shared_dir / "server6")
+    https_api = await ApiServer(
+        API_KEY, host_ip6, ssl_context=server_context(cert.cert_file, cert.key_file)
+    ).start()
+    http_api = await ApiServer(API_KEY, host_ip6).start()
+    cp = ControlPlaneDouble(host=host_ip)  # the proxy's own traffic (UID 1337) is never redirected
+    cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
+    cp.routes = [
+        route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
+        route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
+    ]
+    await cp.start()
+    apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID, ipv6=True), backend=backend, netns=ns)
+    proxy = await _start_proxy(ns, shared_dir, cp)
+    try:
+        assert proxy.logs[0]["listen6"] == "[::1]:15001"
+        await proxy.wait_for_log("routes loaded")
+        bundle = str(shared_dir / "app-bundle.pem")
+        name = f"api.sesame.test:{https_api.port}:[{host_ip6}]"
+        code, err = await curl(
+            ns,
+            "-6",
+            "--resolve",
+            name,
+            "--cacert",
+            bundle,
+            f"https://api.sesame.test:{https_api.port}/v1/hello",
+        )
+        assert code == "200", (backend, err)
+        assert https_api.seen[-1].authorized
+
+        plain = f"api.sesame.test:{http_api.port}:[{host_ip6}]"
+        code, err = await curl(
+            ns, "-6", "--resolve", plain, f"http://api.sesame.test:{http_api.port}/v1/hello"
+        )
+        assert code == "200", err
+        assert http_api.seen[-1].headers["Authorization"] == f"Bearer {API_KEY}"
+
+        # Not governed (no route names the bare IPv6 address): tunneled, the real certificate verifies.
+        code, err = await curl(
+            ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://[{host_ip6}]:{https_api.port}/v1/hello"
         )
         assert code == "401", err
         assert "Authorization" not in https_api.seen[-1].headers

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from proxy.clienthello import parse_sni, record_complete
-from proxy.config import ProxySettings, parse_hostport
+from proxy.config import ProxySettings, parse_hostport, parse_listen6
 from proxy.controlplane_client import ControlPlaneClient
 from proxy.errors import ConfigError
 from proxy.identity import TokenFile
@@ -129,6 +129,25 @@ def test_hostport_parses(value, expected):
 def test_hostport_rejects(value):
     with pytest.raises(ConfigError):
         parse_hostport(value, "listen")
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "expected"),
+    [
+        ("auto", "transparent", (("::1", 15001), False)),
+        ("auto", "explicit", (None, False)),
+        ("off", "transparent", (None, False)),
+        ("[::1]:15006", "transparent", (("::1", 15006), True)),
+    ],
+)
+def test_listen6_is_derived_in_transparent_mode_and_required_when_given(value, mode, expected):
+    assert parse_listen6(value, mode, ("127.0.0.1", 15001)) == expected
+
+
+def test_listen6_rejects_an_ipv4_address():
+    with pytest.raises(ConfigError) as err:
+        parse_listen6("127.0.0.1:15001", "transparent", ("127.0.0.1", 15001))
+    assert err.value.extra["field"] == "listen6"
 
 
 @pytest.mark.parametrize(
