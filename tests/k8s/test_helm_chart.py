@@ -284,6 +284,9 @@ def test_injected_token_audience_matches_the_control_planes_audience(helm: Path,
 def test_injector_settings_follow_chart_values(helm: Path):
     default = InjectorSettings.build(literal_env(find(render(helm), "Deployment")))
     assert default.mode == "transparent" and default.native_sidecar and default.strict
+    assert default.ipv6 is False
+    dual_stack = find(render(helm, None, "injector.ipv6=true"), "Deployment")
+    assert InjectorSettings.build(literal_env(dual_stack)).ipv6 is True
     assert default.proxy_image == "ghcr.io/sesame-dev/sesame-proxy:0.1.0"
     assert default.control_plane_url == f"https://{SERVICE_DNS}:443"
     assert (default.resources.cpu, default.resources.memory, default.resources.memory_limit) == (
