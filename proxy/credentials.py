@@ -70,15 +70,8 @@ class CredentialCache:
         self._tasks: set[asyncio.Task] = set()
 
     async def get(self, audience: str) -> Credential:
-        cred = self._cache.get(audience)
+        cred = self.peek(audience)
         if cred is not None:
-            now = self._clock()
-            if now < cred.refresh_at:
-                self._metrics.cache_hit.inc()
-                return cred
-            self._metrics.cache_stale.inc()
-            if audience not in self._inflight and now >= self._next_attempt.get(audience, 0.0):
-                self._start(audience, background=True)
             return cred
         self._metrics.cache_miss.inc()
         fut = self._inflight.get(audience) or self._start(audience, background=False)

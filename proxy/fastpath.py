@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.credentials import Credential
 from proxy.errors import BadRequest, ProxyError, UpstreamTimeout, UpstreamUnreachable
@@ -23,13 +23,23 @@ from proxy.pool import ConnectionPool, Destination, Upstream
 from proxy.routes import Route
 from proxy.timers import Watchdog
 from proxy.upstream_protocol import UpstreamConnection
-from proxy.wire import MAX_HEAD, Body, Request, Response, error_response, parse_request, serialize_head
+from proxy.wire import MAX_HEAD, Body, Request, Response, parse_request, serialize_head
 
 __all__ = ["ClientConnection", "SlowPath"]
 
 log = logging.getLogger("sesame.proxy.http")
-# Called with the client's streams when a connection leaves the fast path (or resumes an exchange).
-SlowPath = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+
+class SlowPath(Protocol):
+    """Called with the client's streams when a connection leaves the fast path (or resumes an exchange).
+
+    `retried_401`: the first request is a replay after an upstream 401 (see Forwarder.serve)."""
+
+    def __call__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, retried_401: bool = False
+    ) -> Coroutine[Any, Any, None]: ...
+
+
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 _IDLE, _RESPONSE, _BODY = range(3)
 
@@ -255,10 +265,8 @@ class ClientConnection(asyncio.Protocol):
     def _fail(self, exc: ProxyError) -> None:
         """Answer with the error's JSON; the request was read whole, so the connection may stay."""
         self._detach_upstream(reuse=False)
-        self.fwd.metrics.request(self._target, exc.code)
-        log.info("request failed", extra={"target": self._target, "error": exc.code, "reason": exc.message})
         keep = self._req.keep_alive and not self._eof and not self.closing  # type: ignore[union-attr]
-        self.transport.write(error_response(exc, keep_alive=keep))  # type: ignore[union-attr]
+        self.transport.write(self.fwd.error_reply(exc, self._target, keep_alive=keep))  # type: ignore[union-attr]
         self._end_exchange(keep)
 
     def _interrupted(self, outcome: str) -> None:
@@ -314,16 +322,7 @@ class ClientConnection(asyncio.Protocol):
         self.buf[:0] = self._raw
         self._req = None
         reader, writer = self._streams()
-        origin = self.origin
-        slow_path = self._slow_path
-
-        async def replay() -> None:
-            if await self.fwd.serve(reader, writer, origin, retried_401=retried_401) is None:
-                writer.close()
-            else:  # pragma: no cover - a CONNECT never reaches the fast path
-                await slow_path(reader, writer)
-
-        self._spawn_slow(replay() if retried_401 else slow_path(reader, writer))
+        self._spawn_slow(self._slow_path(reader, writer, retried_401=retried_401))
 
     def _replay_after_401(self) -> None:
         self.fwd.credentials.drop(self._route.audience, self._cred.token)  # type: ignore[union-attr]

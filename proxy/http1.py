@@ -370,17 +370,13 @@ class Forwarder:
             await relay_body(
                 resp.body, resp.length, conn.reader, cwriter, head, idle=self.stream_idle_timeout
             )
-        except TimeoutError:  # the upstream stopped sending, or the app stopped reading
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProxyError, OSError) as exc:
             conn.close()
             if pump is not None:
                 pump.cancel()
-            self.metrics.request(target, "stream_idle_timeout")
-            return False
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProxyError, ConnectionError, OSError):
-            conn.close()
-            if pump is not None:
-                pump.cancel()
-            self.metrics.request(target, "response_interrupted")
+            # TimeoutError: the upstream stopped sending, or the app stopped reading
+            outcome = "stream_idle_timeout" if isinstance(exc, TimeoutError) else "response_interrupted"
+            self.metrics.request(target, outcome)
             return False
         upstream_keep = resp.keep_alive and resp.body != Body.CLOSE
         if pump is not None and (not pump.done() or pump.cancelled() or pump.exception() is not None):
@@ -414,8 +410,12 @@ class Forwarder:
     ) -> bool:
         """Answer with the error's JSON; the connection stays open only if the request was fully read."""
         keep = req.keep_alive and body_read
-        self.metrics.request(target, exc.code)
-        log.info("request failed", extra={"target": target, "error": exc.code, "reason": exc.message})
-        cwriter.write(error_response(exc, keep_alive=keep))
+        cwriter.write(self.error_reply(exc, target, keep_alive=keep))
         await cwriter.drain()
         return keep
+
+    def error_reply(self, exc: ProxyError, target: str, *, keep_alive: bool) -> bytes:
+        """Count and log a failed request; the JSON error response for the app (both paths)."""
+        self.metrics.request(target, exc.code)
+        log.info("request failed", extra={"target": target, "error": exc.code, "reason": exc.message})
+        return error_response(exc, keep_alive=keep_alive)

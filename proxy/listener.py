@@ -210,9 +210,11 @@ class Listener:
         return conn
 
     def _slow_path(self, origin: Origin) -> SlowPath:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def serve(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, retried_401: bool = False
+        ) -> None:
             try:
-                await self._forwarder.serve(reader, writer, origin)
+                await self._forwarder.serve(reader, writer, origin, retried_401=retried_401)
             except (ConnectionError, OSError, asyncio.IncompleteReadError, ProxyError):
                 pass
             finally:
@@ -222,11 +224,13 @@ class Listener:
 
     # explicit mode
 
-    async def _explicit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _explicit(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, retried_401: bool = False
+    ) -> None:
         """The slow path of an explicit-mode connection: general requests, then CONNECT if one comes."""
         handed_back = False
         try:
-            req = await self._forwarder.serve(reader, writer, None)
+            req = await self._forwarder.serve(reader, writer, None, retried_401=retried_401)
             if req is not None:
                 host, port = split_authority(req.target, 443)
                 route = self._routes().lookup("tls", host, port)
