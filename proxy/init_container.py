@@ -53,7 +53,7 @@ class InitSettings:
     def from_namespace(cls, ns: argparse.Namespace) -> InitSettings:
         if ns.mode not in ("transparent", "explicit"):
             raise ConfigError(f"mode must be transparent or explicit, got {ns.mode!r}", field="mode")
-        if ns.backend not in BACKENDS:
+        if ns.netfilter_backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}", field="backend")
         try:
             ports = tuple(int(p) for p in _items(ns.exclude_ports))
@@ -72,7 +72,7 @@ class InitSettings:
             control_plane=ns.control_plane,
             ca_dir=Path(ns.ca_dir),
             trust_dir=Path(ns.trust_dir),
-            backend=ns.backend,
+            backend=ns.netfilter_backend,
         )
 
 
@@ -159,7 +159,6 @@ def run(settings: InitSettings, *, resolve: Resolver | None = None) -> None:
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sesame-init %(levelname)s %(message)s")
     ns = _parser(os.environ if env is None else env).parse_args(sys.argv[1:] if argv is None else argv)
-    ns.backend = ns.netfilter_backend
     try:
         settings = InitSettings.from_namespace(ns)
     except ProxyError as exc:

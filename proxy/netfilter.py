@@ -190,8 +190,11 @@ def _resolve(backend: str) -> Backend:
     return backend  # type: ignore[return-value]
 
 
-def _runner(netns: str | None, run: Runner) -> Callable[..., subprocess.CompletedProcess]:
-    """Run a command (optionally inside ``ip netns exec NETNS``), capturing text output."""
+def _prepare(
+    backend: str, netns: str | None, run: Runner
+) -> tuple[Backend, Callable[..., subprocess.CompletedProcess]]:
+    """The resolved backend and a command runner (optionally inside ``ip netns exec NETNS``)
+    capturing text output."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
 
     def call(argv: Sequence[str], *, stdin: str | None = None, check: bool = True):
@@ -203,7 +206,7 @@ def _runner(netns: str | None, run: Runner) -> Callable[..., subprocess.Complete
             raise NetfilterError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    return call
+    return _resolve(backend), call
 
 
 def _ipt(version: int, tool: str = "") -> str:
@@ -218,14 +221,13 @@ def apply_rules(
     run: Runner = subprocess.run,
 ) -> Backend:
     """Install (or replace) the rules; idempotent. Returns the backend used."""
-    chosen = _resolve(backend)
-    call = _runner(netns, run)
+    chosen, call = _prepare(backend, netns, run)
     if chosen == "nft":
         call(["nft", "-f", "-"], stdin=render_nft(settings))
         return chosen
+    jump = iptables_jump(settings)
     for version in _ip_versions(settings):
         call([_ipt(version, "-restore"), "--noflush"], stdin=render_iptables(settings, version=version))
-        jump = iptables_jump(settings)
         present = call([_ipt(version), "-t", "nat", "-C", "OUTPUT", *jump], check=False)
         if present.returncode != 0:
             call([_ipt(version), "-t", "nat", "-A", "OUTPUT", *jump])
@@ -240,8 +242,7 @@ def remove_rules(
     run: Runner = subprocess.run,
 ) -> None:
     """Remove everything :func:`apply_rules` installed; a no-op when nothing is installed."""
-    chosen = _resolve(backend)
-    call = _runner(netns, run)
+    chosen, call = _prepare(backend, netns, run)
     if chosen == "nft":
         family = _nft_family(settings)
         # "table X" creates it if absent, so the delete never fails on a clean system.
@@ -250,10 +251,11 @@ def remove_rules(
             stdin=f"table {family} {settings.nft_table}\ndelete table {family} {settings.nft_table}\n",
         )
         return
+    jump = iptables_jump(settings)
     for version in _ip_versions(settings):
         ipt = _ipt(version)
         for _ in range(_MAX_JUMP_DELETES):
-            if call([ipt, "-t", "nat", "-D", "OUTPUT", *iptables_jump(settings)], check=False).returncode:
+            if call([ipt, "-t", "nat", "-D", "OUTPUT", *jump], check=False).returncode:
                 break
         call([ipt, "-t", "nat", "-F", settings.chain], check=False)
         call([ipt, "-t", "nat", "-X", settings.chain], check=False)
@@ -267,8 +269,7 @@ def list_rules(
     run: Runner = subprocess.run,
 ) -> str:
     """The installed rules as the backend prints them (for logs and troubleshooting)."""
-    chosen = _resolve(backend)
-    call = _runner(netns, run)
+    chosen, call = _prepare(backend, netns, run)
     if chosen == "nft":
         family = _nft_family(settings)
         return call(["nft", "list", "table", family, settings.nft_table]).stdout

@@ -20,9 +20,7 @@ from .conftest import APP_UID, NetnsPair
 
 
 def settings_of(argv: list[str], env: dict[str, str] | None = None) -> InitSettings:
-    ns = _parser(env or {}).parse_args(argv)
-    ns.backend = ns.netfilter_backend
-    return InitSettings.from_namespace(ns)
+    return InitSettings.from_namespace(_parser(env or {}).parse_args(argv))
 
 
 def test_flags_and_env_build_the_settings():

@@ -138,42 +138,56 @@ async def _start_proxy(ns: str, shared_dir: Path, cp: ControlPlaneDouble):
     )
 
 
-async def test_redirected_http_and_https_get_the_credential_and_others_pass_untouched(
-    pod_netns, shared_dir, pki
-):
-    ns, host_ip, _, _ = pod_netns
-    cert = pki.dev_ca.issue(["api.sesame.test", host_ip], shared_dir / "server")
+async def _check_governed_and_tunneled(pod_netns, shared_dir, pki, *, ipv6: bool, backend: str = "auto"):
+    """Routes for both upstream APIs (on the host's IPv4 or IPv6 address), the REDIRECT rules and the
+    proxy in the pod: governed HTTPS and HTTP get the credential, the bare IP is tunneled untouched."""
+    ns, host_ip, _, host_ip6 = pod_netns
+    api_ip = host_ip6 if ipv6 else host_ip
+    url_host = f"[{api_ip}]" if ipv6 else api_ip
+    family = ("-6",) if ipv6 else ()
+    cert = pki.dev_ca.issue(["api.sesame.test", api_ip], shared_dir / ("server6" if ipv6 else "server"))
     https_api = await ApiServer(
-        API_KEY, host_ip, ssl_context=server_context(cert.cert_file, cert.key_file)
+        API_KEY, api_ip, ssl_context=server_context(cert.cert_file, cert.key_file)
     ).start()
-    http_api = await ApiServer(API_KEY, host_ip).start()
-    cp = ControlPlaneDouble(host=host_ip)
+    http_api = await ApiServer(API_KEY, api_ip).start()
+    cp = ControlPlaneDouble(host=host_ip)  # the proxy's own traffic (UID 1337) is never redirected
     cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
     cp.routes = [
         route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
         route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
     ]
     await cp.start()
-    backend = apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
+    settings = RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID, ipv6=ipv6)
+    backend = apply_rules(settings, backend=backend, netns=ns)
     proxy = await _start_proxy(ns, shared_dir, cp)
     try:
+        if ipv6:
+            assert proxy.logs[0]["listen6"] == "[::1]:15001"
         await proxy.wait_for_log("routes loaded")
         bundle = str(shared_dir / "app-bundle.pem")
-        name = f"api.sesame.test:{https_api.port}:{host_ip}"
+        name = f"api.sesame.test:{https_api.port}:{url_host}"
         code, err = await curl(
-            ns, "--resolve", name, "--cacert", bundle, f"https://api.sesame.test:{https_api.port}/v1/hello"
+            ns,
+            *family,
+            "--resolve",
+            name,
+            "--cacert",
+            bundle,
+            f"https://api.sesame.test:{https_api.port}/v1/hello",
         )
         assert code == "200", (backend, err)
         assert https_api.seen[-1].authorized
 
-        plain = f"api.sesame.test:{http_api.port}:{host_ip}"
-        code, err = await curl(ns, "--resolve", plain, f"http://api.sesame.test:{http_api.port}/v1/hello")
+        plain = f"api.sesame.test:{http_api.port}:{url_host}"
+        code, err = await curl(
+            ns, *family, "--resolve", plain, f"http://api.sesame.test:{http_api.port}/v1/hello"
+        )
         assert code == "200", err
         assert http_api.seen[-1].headers["Authorization"] == f"Bearer {API_KEY}"
 
         # Not governed (no route names the bare IP): tunneled, so only the real certificate verifies.
         code, err = await curl(
-            ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://{host_ip}:{https_api.port}/v1/hello"
+            ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://{url_host}:{https_api.port}/v1/hello"
         )
         assert code == "401", err
         assert "Authorization" not in https_api.seen[-1].headers
@@ -183,6 +197,12 @@ async def test_redirected_http_and_https_get_the_credential_and_others_pass_unto
         await cp.stop()
         await https_api.close()
         await http_api.close()
+
+
+async def test_redirected_http_and_https_get_the_credential_and_others_pass_untouched(
+    pod_netns, shared_dir, pki
+):
+    await _check_governed_and_tunneled(pod_netns, shared_dir, pki, ipv6=False)
 
 
 @pytest.fixture(params=["nft", "iptables"])
@@ -198,54 +218,4 @@ async def test_ipv6_redirected_to_the_ipv6_listener_gets_the_credential_and_othe
 ):
     """Dual-stack pod: REDIRECT maps IPv6 connections to [::1]:15001, which the proxy listens on
     (``--listen6 auto``), and IP6T_SO_ORIGINAL_DST gives it the IPv6 upstream."""
-    ns, host_ip, _, host_ip6 = pod_netns
-    cert = pki.dev_ca.issue(["api.sesame.test", host_ip6], shared_dir / "server6")
-    https_api = await ApiServer(
-        API_KEY, host_ip6, ssl_context=server_context(cert.cert_file, cert.key_file)
-    ).start()
-    http_api = await ApiServer(API_KEY, host_ip6).start()
-    cp = ControlPlaneDouble(host=host_ip)  # the proxy's own traffic (UID 1337) is never redirected
-    cp.script = {"aud-tls": [("ok", API_KEY)], "aud-plain": [("ok", API_KEY)]}
-    cp.routes = [
-        route("tls", "api.sesame.test", https_api.port, audience="aud-tls"),
-        route("plain", "api.sesame.test", http_api.port, scheme="http", audience="aud-plain"),
-    ]
-    await cp.start()
-    apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID, ipv6=True), backend=backend, netns=ns)
-    proxy = await _start_proxy(ns, shared_dir, cp)
-    try:
-        assert proxy.logs[0]["listen6"] == "[::1]:15001"
-        await proxy.wait_for_log("routes loaded")
-        bundle = str(shared_dir / "app-bundle.pem")
-        name = f"api.sesame.test:{https_api.port}:[{host_ip6}]"
-        code, err = await curl(
-            ns,
-            "-6",
-            "--resolve",
-            name,
-            "--cacert",
-            bundle,
-            f"https://api.sesame.test:{https_api.port}/v1/hello",
-        )
-        assert code == "200", (backend, err)
-        assert https_api.seen[-1].authorized
-
-        plain = f"api.sesame.test:{http_api.port}:[{host_ip6}]"
-        code, err = await curl(
-            ns, "-6", "--resolve", plain, f"http://api.sesame.test:{http_api.port}/v1/hello"
-        )
-        assert code == "200", err
-        assert http_api.seen[-1].headers["Authorization"] == f"Bearer {API_KEY}"
-
-        # Not governed (no route names the bare IPv6 address): tunneled, the real certificate verifies.
-        code, err = await curl(
-            ns, "--cacert", str(shared_dir / "dev-ca.pem"), f"https://[{host_ip6}]:{https_api.port}/v1/hello"
-        )
-        assert code == "401", err
-        assert "Authorization" not in https_api.seen[-1].headers
-        assert sorted(e["audience"] for e in cp.exchanges) == ["aud-plain", "aud-tls"]
-    finally:
-        await proxy.stop()
-        await cp.stop()
-        await https_api.close()
-        await http_api.close()
+    await _check_governed_and_tunneled(pod_netns, shared_dir, pki, ipv6=True, backend=backend)
