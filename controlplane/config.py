@@ -15,6 +15,7 @@ from controlplane.errors import StartupError
 from controlplane.exchange_settings import ExchangeSettings
 from controlplane.injector_spec import InjectorSettings
 from controlplane.store.dsn import is_postgres_dsn, redact_dsn
+from controlplane.store.sqlite.db import SYNCHRONOUS_MODES
 
 __all__ = [
     "DEFAULT_AUDIT_BATCH_MAX",
@@ -62,7 +63,7 @@ class Config:
             raise StartupError("--tls-cert and --tls-key must be given together")
         if self.rate_limit_per_minute < 1:
             raise StartupError("rate limit must be at least 1 request per minute")
-        if self.sqlite_synchronous not in ("full", "normal"):
+        if self.sqlite_synchronous not in SYNCHRONOUS_MODES:
             raise StartupError("SESAME_SQLITE_SYNCHRONOUS must be full or normal")
         if not 1 <= self.audit_export_max_rows <= DEFAULT_AUDIT_EXPORT_MAX_ROWS:
             raise StartupError(f"audit export cap must be between 1 and {DEFAULT_AUDIT_EXPORT_MAX_ROWS} rows")
@@ -108,6 +109,7 @@ class Config:
         )
         cert, key = pick("tls_cert", "SESAME_TLS_CERT"), pick("tls_key", "SESAME_TLS_KEY")
         db = str(pick("db", "SESAME_DB") or DEFAULT_DB)
+        audience = pick("audience", "SESAME_AUDIENCE")
         dsn = db if is_postgres_dsn(db) else None
         return cls(
             db_path=DEFAULT_DB if dsn else Path(db),
@@ -128,12 +130,10 @@ class Config:
                 DEFAULT_MAX_BODY_BYTES,
                 "SESAME_MAX_BODY_BYTES",
             ),
-            audience=pick("audience", "SESAME_AUDIENCE") or DEFAULT_AUDIENCE,
+            audience=audience or DEFAULT_AUDIENCE,
             log_level=(pick("log_level", "SESAME_LOG_LEVEL") or "INFO").upper(),
-            injector=InjectorSettings.build(env, audience=pick("audience", "SESAME_AUDIENCE")),
-            exchange=ExchangeSettings.build(
-                flags, env, audience=pick("audience", "SESAME_AUDIENCE") or DEFAULT_AUDIENCE
-            ),
+            injector=InjectorSettings.build(env, audience=audience),
+            exchange=ExchangeSettings.build(flags, env, audience=audience or DEFAULT_AUDIENCE),
         )
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.appkeys import AUDIT, CLOCK, PRINCIPAL, QUERY, REQUEST_ID
+from controlplane.appkeys import AUDIT, CLOCK, CONFIG, PRINCIPAL, QUERY, REQUEST_ID
 from controlplane.clock import format_ts
+from controlplane.errors import PayloadTooLarge
 from controlplane.pagination import Page, decode_cursor
 
-__all__ = ["actor_of", "audit_event", "cursor_seq", "json_response", "now_ts", "page_response"]
+__all__ = ["actor_of", "audit_event", "cursor_seq", "json_response", "now_ts", "page_response", "read_body"]
 
 
 def _dumps(data: Any) -> str:
@@ -52,3 +53,16 @@ async def audit_event(
         correlation_id=request.get(REQUEST_ID),
         **fields,
     )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body; 413 when it exceeds the app's limit.
+
+    A declared Content-Length over the limit is refused by `error_middleware` before any handler.
+    """
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body larger than {request.app[CONFIG].max_body_bytes} bytes"
+        ) from None

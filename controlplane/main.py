@@ -24,6 +24,7 @@ from controlplane.errors import SesameError, StartupError
 from controlplane.exchange_settings import ENV_FLAGS
 from controlplane.permissions import Role
 from controlplane.store import open_store
+from controlplane.store.sqlite.db import SYNCHRONOUS_MODES
 
 __all__ = ["main"]
 
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", type=int, help="admin requests/minute/key (env SESAME_RATE_LIMIT)")
     serve.add_argument(
         "--sqlite-synchronous",
-        choices=("full", "normal"),
+        choices=SYNCHRONOUS_MODES,
         help="SQLite fsync per commit (full, default) or not (normal) (env SESAME_SQLITE_SYNCHRONOUS)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SESAME_LOG_LEVEL)")

@@ -15,7 +15,16 @@ from typing import Any
 from controlplane.errors import InvalidRequest
 from controlplane.validation import Int, Str
 
-__all__ = ["DEFAULT_LIMIT", "LIST_QUERY", "MAX_LIMIT", "Page", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "LIST_QUERY",
+    "MAX_LIMIT",
+    "Page",
+    "decode_cursor",
+    "encode_cursor",
+    "pack_cursor",
+    "unpack_cursor",
+]
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -49,7 +58,17 @@ class Page:
 
 
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"s": seq}).encode()).decode().rstrip("=")
+    return pack_cursor({"s": seq})
+
+
+def pack_cursor(data: dict[str, Any]) -> str:
+    """An opaque cursor carrying `data`: unpadded base64url of its JSON."""
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def unpack_cursor(cursor: str) -> Any:
+    """The JSON inside a `pack_cursor` cursor (ValueError or UnicodeError if malformed)."""
+    return json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii")))
 
 
 def decode_cursor(cursor: str | None) -> int | None:
@@ -57,9 +76,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        seq = data["s"]
+        seq = unpack_cursor(cursor)["s"]
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError
         return seq

@@ -10,9 +10,9 @@ import re
 
 from aiohttp import web
 
-from controlplane.appkeys import API_KEYS, BODY, CONFIG, PRINCIPAL, QUERY, RATE_LIMITER, REQUEST_ID
-from controlplane.errors import Forbidden, PayloadTooLarge, RateLimited, Unauthorized
-from controlplane.http import audit_event
+from controlplane.appkeys import API_KEYS, BODY, PRINCIPAL, QUERY, RATE_LIMITER, REQUEST_ID
+from controlplane.errors import Forbidden, RateLimited, Unauthorized
+from controlplane.http import audit_event, read_body
 from controlplane.permissions import Role
 from controlplane.routes import Handler, Route
 from controlplane.validation import parse_json, parse_query
@@ -40,7 +40,7 @@ def _wrap(route: Route) -> Handler:
         if route.query is not None:
             request[QUERY] = parse_query(route.query, request.query)
         if route.request is not None:
-            request[BODY] = parse_json(await _read_body(request), route.request)
+            request[BODY] = parse_json(await read_body(request), route.request)
         return await route.handler(request)
 
     handler.__name__ = route.operation_id
@@ -68,13 +68,3 @@ async def _authorize(request: web.Request, route: Route) -> None:
             extra={"method": request.method, "path": request.path, "request_id": request.get(REQUEST_ID)},
         )
         raise
-
-
-async def _read_body(request: web.Request) -> bytes:
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -16,7 +15,7 @@ from controlplane.clock import format_ts, parse_ts
 from controlplane.config import DEFAULT_AUDIT_EXPORT_MAX_ROWS
 from controlplane.errors import InvalidRequest
 from controlplane.http import audit_event, cursor_seq, json_response, page_response
-from controlplane.pagination import LIST_QUERY
+from controlplane.pagination import LIST_QUERY, pack_cursor, unpack_cursor
 from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
 from controlplane.routes import Route
 from controlplane.store.sql.audit import AUDIT_FIELDS
@@ -89,7 +88,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 def _encode_export_cursor(key: tuple[str, int]) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"t": key[0], "s": key[1]}).encode()).decode().rstrip("=")
+    return pack_cursor({"t": key[0], "s": key[1]})
 
 
 def _decode_export_cursor(cursor: str | None) -> tuple[str, int] | None:
@@ -97,7 +96,7 @@ def _decode_export_cursor(cursor: str | None) -> tuple[str, int] | None:
     if cursor is None:
         return None
     try:
-        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii")))
+        data = unpack_cursor(cursor)
         ts, seq = data["t"], data["s"]
         if not isinstance(ts, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValueError

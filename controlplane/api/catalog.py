@@ -7,7 +7,7 @@ from aiohttp import web
 from controlplane.appkeys import ROUTES as ROUTES_KEY
 from controlplane.http import json_response
 from controlplane.openapi import build_openapi
-from controlplane.permissions import PERMISSIONS_READ, Permission, Role
+from controlplane.permissions import PERMISSIONS_READ, ROLE_NAMES, Permission, Role
 from controlplane.routes import Route
 
 __all__ = ["ROUTES", "permission_catalog"]
@@ -30,7 +30,7 @@ async def permissions(request: web.Request) -> web.Response:
     catalog = permission_catalog(request.app[ROUTES_KEY])
     return json_response(
         {
-            "roles": [r.label for r in Role],
+            "roles": list(ROLE_NAMES),
             "data": [
                 {
                     "name": p.name,

@@ -76,8 +76,14 @@ PROVIDER_PATCH = Obj(
 ROTATE_IN = Obj({"config": Dict(max_bytes=128 * 1024, description="the new secret fields")})
 
 
+_SECRET_FIELDS = {
+    ptype: tuple(n for n, s in schema.fields.items() if getattr(s, "secret", False))
+    for ptype, schema in CONFIG_SCHEMAS.items()
+}
+
+
 def secret_fields(provider_type: str) -> tuple[str, ...]:
-    return tuple(n for n, s in CONFIG_SCHEMAS[provider_type].fields.items() if getattr(s, "secret", False))
+    return _SECRET_FIELDS[provider_type]
 
 
 def _split(provider_type: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

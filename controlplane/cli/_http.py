@@ -100,5 +100,3 @@ def _api_error(exc: urllib.error.HTTPError) -> str:
     field = f" (field: {body['field']})" if body.get("field") else ""
     retry = f" (retry after {exc.headers.get('Retry-After')}s)" if exc.code == 429 else ""
     return f"{exc.code} {code}: {message}{field}{retry}"
-
-

@@ -94,5 +94,3 @@ def _body_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", help="JSON body (merged under --set)")
     p.add_argument("--data-file", help="file with a JSON body, or - for stdin (keeps secrets out of argv)")
-
-

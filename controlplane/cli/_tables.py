@@ -36,5 +36,3 @@ def print_result(result: Any, columns: tuple[str, ...] | None, as_json: bool) ->
         width = max((len(k) for k in result), default=0)
         for key, value in result.items():
             print(f"{key.ljust(width)}  {_cell(value)}")
-
-

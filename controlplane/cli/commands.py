@@ -159,5 +159,3 @@ def _audit(args: argparse.Namespace, api: Api) -> tuple[Any, tuple[str, ...] | N
     return api.pages(
         "/v1/audit", {**query, "limit": args.limit or 50}, key="events", follow=args.all
     ), AUDIT_COLUMNS
-
-

@@ -7,7 +7,7 @@ Add a repository for new tables the same way (a Protocol here, an implementation
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controlplane.pagination import Page
@@ -29,14 +29,13 @@ class ApiKey:
 
     def public(self) -> dict[str, Any]:
         """The listing shape of seed 004 (camelCase timestamps) plus role."""
-        d = asdict(self)
         return {
-            "id": d["id"],
-            "name": d["name"],
-            "role": d["role"],
-            "prefix": d["prefix"],
-            "createdAt": d["created_at"],
-            "lastUsedAt": d["last_used_at"],
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "prefix": self.prefix,
+            "createdAt": self.created_at,
+            "lastUsedAt": self.last_used_at,
         }
 
 

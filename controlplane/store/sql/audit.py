@@ -156,7 +156,7 @@ class SqlAudit:
             if deleted:
                 row = await tx.fetchone("SELECT prev_hash AS value FROM audit_events ORDER BY seq LIMIT 1")
                 if row is None:
-                    row = await tx.fetchone("SELECT value FROM meta WHERE key = 'audit_head'")
+                    row = await tx.fetchone(_GET_HEAD)
                 await tx.execute(_SET_META, ("audit_anchor", row["value"] if row else GENESIS))
             return deleted
 
@@ -196,21 +196,17 @@ def _where(
         if value is not None:
             where.append(f"{col} = ?")
             params.append(value)
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        params.append(until)
-    if after is not None:
-        where.append("(ts, seq) > (?, ?)")
-        params.extend(after)
-    if through is not None:
-        where.append("(ts, seq) <= (?, ?)")
-        params.extend(through)
-    if before_seq is not None:
-        where.append("seq < ?")
-        params.append(before_seq)
+    bounds = (
+        ("ts >= ?", None if since is None else (since,)),
+        ("ts < ?", None if until is None else (until,)),
+        ("(ts, seq) > (?, ?)", after),
+        ("(ts, seq) <= (?, ?)", through),
+        ("seq < ?", None if before_seq is None else (before_seq,)),
+    )
+    for cond, values in bounds:
+        if values is not None:
+            where.append(cond)
+            params.extend(values)
     return (f"WHERE {' AND '.join(where)}" if where else ""), params
 
 
