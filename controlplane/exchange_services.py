@@ -23,7 +23,6 @@ from controlplane.attest import (
     PodBinder,
     TokenReviewVerifier,
 )
-from controlplane.exchange_settings import DEFAULT_ROUTES_REFRESH_SECONDS, ExchangeSettings
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
 from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
@@ -31,10 +30,8 @@ from controlplane.store.sql.exchange import SqlExchange
 from controlplane.token_exchange import TokenExchange
 
 __all__ = [
-    "DEFAULT_ROUTES_REFRESH_SECONDS",
     "EXCHANGE",
     "SIGNING_KEYS",
-    "ExchangeSettings",
     "issuer_url",
     "setup",
 ]

@@ -25,7 +25,7 @@ from controlplane.providers import (
     UpstreamMintFailed,
 )
 from controlplane.ratelimit import RateLimiter
-from controlplane.registry_cache import RegistryCache, rule_of
+from controlplane.registry_cache import RegistryCache
 from controlplane.store.sql.exchange import SqlExchange
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "UpstreamMintFailed",
     "WorkloadRevoked",
     "approval_view",
-    "rule_of",
 ]
 
 

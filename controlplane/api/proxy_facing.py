@@ -21,7 +21,7 @@ from controlplane.http import audit_event, cursor_seq, json_response, now_ts, pa
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import Permission, Role
 from controlplane.proxy_routes import governed_routes
-from controlplane.routes import SA_TOKEN_AUTH, Route
+from controlplane.routes import SA_TOKEN_AUTH, Handler, Route
 from controlplane.routing import bearer_token
 from controlplane.token_exchange import Attested
 from controlplane.validation import Bool, Int, List, Obj, Str, decode_json, parse_json
@@ -147,10 +147,20 @@ async def discovery(request: web.Request) -> web.Response:
 _BEARER_SA = {"description": "Called by the sidecar with the pod's projected service-account token."}
 
 
-def _sa_doc(body: Obj | List) -> dict[str, Any]:
-    """OpenAPI of a sidecar POST: its JSON body is validated by the handler, after SA-token auth."""
+def _sidecar_post(path: str, handler: Handler, summary: str, body: Obj | List) -> Route:
+    """A sidecar POST answered with 204; its JSON body is validated by the handler, after SA-token auth."""
     schema = {"required": True, "content": {"application/json": {"schema": body.json_schema()}}}
-    return {**_BEARER_SA, "requestBody": schema}
+    return Route(
+        "POST",
+        path,
+        handler,
+        None,
+        summary,
+        status=204,
+        tags=("proxy",),
+        auth=SA_TOKEN_AUTH,
+        openapi={**_BEARER_SA, "requestBody": schema},
+    )
 
 
 ROUTES = [
@@ -164,27 +174,12 @@ ROUTES = [
         auth=SA_TOKEN_AUTH,
         openapi=_BEARER_SA,
     ),
-    Route(
-        "POST",
-        "/v1/proxy/heartbeat",
-        proxy_heartbeat,
-        None,
-        "Report a sidecar's liveness",
-        status=204,
-        tags=("proxy",),
-        auth=SA_TOKEN_AUTH,
-        openapi=_sa_doc(HEARTBEAT_IN),
-    ),
-    Route(
-        "POST",
+    _sidecar_post("/v1/proxy/heartbeat", proxy_heartbeat, "Report a sidecar's liveness", HEARTBEAT_IN),
+    _sidecar_post(
         "/v1/proxy/observations",
         proxy_observations,
-        None,
         "Report outbound hosts the workload called (counts only)",
-        status=204,
-        tags=("proxy",),
-        auth=SA_TOKEN_AUTH,
-        openapi=_sa_doc(OBSERVATIONS_IN),
+        OBSERVATIONS_IN,
     ),
     Route(
         "GET",
