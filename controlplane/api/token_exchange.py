@@ -7,10 +7,10 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from controlplane.appkeys import CONFIG, REQUEST_ID
-from controlplane.errors import InvalidRequest, PayloadTooLarge, SesameError
+from controlplane.appkeys import REQUEST_ID
+from controlplane.errors import InvalidRequest, SesameError
 from controlplane.exchange_services import EXCHANGE, SIGNING_KEYS, issuer_url, setup
-from controlplane.http import audit_event, json_response
+from controlplane.http import audit_event, json_response, read_body
 from controlplane.permissions import Permission, Role
 from controlplane.routes import Route
 from controlplane.signing_keys import discovery_document
@@ -44,13 +44,7 @@ EXCHANGE_IN = Obj(
 
 
 async def _read_exchange(request: web.Request) -> dict[str, Any]:
-    limit = request.app[CONFIG].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes") from None
+    raw = await read_body(request)
     if request.content_type == FORM:
         try:
             pairs = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=bool(raw))
