@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from controlplane.clock import Clock, format_ts
@@ -22,8 +23,9 @@ from controlplane.ids import new_id
 from controlplane.metrics import Metrics
 from controlplane.store.base import AuditStore
 from controlplane.store.sql.audit import AUDIT_FIELDS
+from controlplane.store.sql.database import Transaction
 
-__all__ = ["AuditWriter", "event_hash", "link_rows", "verify_chain"]
+__all__ = ["AuditWriter", "ChangeAudit", "event_hash", "link_rows", "verify_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,19 @@ def link_rows(prev_hash: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]
         row["hash"] = prev_hash = event_hash(prev_hash, row)
         linked.append(row)
     return linked
+
+
+class ChangeAudit:
+    """Called by the store inside a write's transaction (`AuditHook`); keeps the rows it wrote."""
+
+    def __init__(self, writer: AuditWriter, event_of: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._writer = writer
+        self._event_of = event_of
+        self.rows: list[dict[str, Any]] = []
+
+    async def __call__(self, tx: Transaction, record: dict[str, Any]) -> None:
+        row = self._writer._row(**self._event_of(record))
+        self.rows = await self._writer._store.append_in(tx, [row], link=link_rows)
 
 
 class AuditWriter:
@@ -104,25 +119,47 @@ class AuditWriter:
         """Append one event and wait until it is committed; returns the event as /v1/audit shows it."""
         if not self.running:
             raise AuditUnavailable("audit writer is not running")
-        row = {
-            "id": new_id("evt"),
-            "ts": format_ts(self._clock.time()),
-            "type": _storable(type),
-            "actor": _storable(actor),
-            "outcome": _storable(outcome),
-            "workload_id": _storable(workload_id),
-            "target_service": _storable(target_service),
-            "audience": _storable(audience),
-            "ttl_seconds": ttl_seconds,
-            "reason": _storable(reason),
-            "correlation_id": _storable(correlation_id),
-            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
-        }
+        row = self._row(
+            type=type,
+            actor=actor,
+            outcome=outcome,
+            workload_id=workload_id,
+            target_service=target_service,
+            audience=audience,
+            ttl_seconds=ttl_seconds,
+            reason=reason,
+            correlation_id=correlation_id,
+            extra=extra,
+        )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put((row, done))
         await done
         event = {k: v for k, v in row.items() if k not in ("ts", "extra")}
         return {**event, "timestamp": row["ts"], "extra": extra or {}}
+
+    def hook(self, event_of: Callable[[dict[str, Any]], dict[str, Any]]) -> ChangeAudit:
+        """An audit hook for a store write: the event (`record` keywords) built from the stored
+        record is appended to the chain inside the write's own transaction, so the change and its
+        audit row commit together or not at all. Count it with `committed()` afterwards."""
+        if not self.running:
+            raise AuditUnavailable("audit writer is not running")
+        return ChangeAudit(self, event_of)
+
+    def committed(self, hook: ChangeAudit) -> None:
+        """Count the rows a hook wrote once their transaction has committed."""
+        if self._metrics is not None:
+            for row in hook.rows:
+                self._metrics.audit_written(row["type"])
+
+    def _row(self, *, extra: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        row = {"id": new_id("evt"), "ts": format_ts(self._clock.time())}
+        for name in ("type", "actor", "outcome", "workload_id", "target_service", "audience"):
+            row[name] = _storable(fields.get(name))
+        row["ttl_seconds"] = fields.get("ttl_seconds")
+        row["reason"] = _storable(fields.get("reason"))
+        row["correlation_id"] = _storable(fields.get("correlation_id"))
+        row["extra"] = json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None
+        return row
 
     async def _run(self) -> None:
         stopping = False

@@ -13,6 +13,7 @@ __all__ = [
     "KekUnavailable",
     "NotFound",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "RateLimited",
     "SesameError",
     "StartupError",
@@ -72,6 +73,19 @@ class Conflict(SesameError):
     """The resource (or a unique attribute of it) already exists."""
 
     code, status = "conflict", 409
+
+
+class PreconditionFailed(SesameError):
+    """`If-Match` names a version that is not the stored one (`current_etag` is); re-read and retry."""
+
+    code, status = "precondition_failed", 412
+
+    def __init__(self, message: str, *, current_etag: str) -> None:
+        super().__init__(message, current_etag=current_etag)
+        self.current_etag = current_etag
+
+    def headers(self) -> dict[str, str]:
+        return {"ETag": self.current_etag}
 
 
 class PayloadTooLarge(SesameError):

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from controlplane.appkeys import AUDIT, CLOCK, CONFIG, PRINCIPAL, QUERY, REQUEST_ID
+from controlplane.audit import ChangeAudit
 from controlplane.clock import format_ts
 from controlplane.errors import PayloadTooLarge
 from controlplane.pagination import Page, decode_cursor
 
-__all__ = ["actor_of", "audit_event", "cursor_seq", "json_response", "now_ts", "page_response", "read_body"]
+__all__ = [
+    "actor_of",
+    "audit_event",
+    "change_audit",
+    "cursor_seq",
+    "json_response",
+    "now_ts",
+    "page_response",
+    "read_body",
+]
 
 
 def _dumps(data: Any) -> str:
@@ -52,6 +63,24 @@ async def audit_event(
         outcome=outcome,
         correlation_id=request.get(REQUEST_ID),
         **fields,
+    )
+
+
+def change_audit(
+    request: web.Request, *, type: str, fields_of: Callable[[dict[str, Any]], dict[str, Any]]
+) -> ChangeAudit:
+    """An audit hook for a registry write made by this request: the event (actor and correlation id
+    filled in, the rest from `fields_of(stored record)`) commits in the write's own transaction.
+    Call `request.app[AUDIT].committed(hook)` once the write has returned."""
+    actor, correlation_id = actor_of(request), request.get(REQUEST_ID)
+    return request.app[AUDIT].hook(
+        lambda record: {
+            "type": type,
+            "actor": actor,
+            "outcome": "success",
+            "correlation_id": correlation_id,
+            **fields_of(record),
+        }
     )
 
 

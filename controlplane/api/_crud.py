@@ -1,6 +1,10 @@
 """Routes for a registry resource from one declaration: list (paginated), create, get, patch, delete.
 
-Every mutation is audited as `<singular>.created|updated|deleted`.
+Every mutation is audited as `<singular>.created|updated|deleted`, the audit row committed in the
+same transaction as the change. GET, POST and PATCH answer the record's version as a strong
+`ETag`; PATCH with `If-Match` applies only to that version (412 `precondition_failed` otherwise).
+Without `If-Match`, a PATCH that loses a race with another writer is re-applied to the new
+version (its checks re-run), and answers 409 `conflict` only if it keeps losing.
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.appkeys import BODY, QUERY, STORE
-from controlplane.errors import NotFound
-from controlplane.http import audit_event, cursor_seq, json_response, now_ts, page_response
+from controlplane.appkeys import AUDIT, BODY, QUERY, STORE
+from controlplane.errors import Conflict, NotFound, PreconditionFailed
+from controlplane.http import change_audit, cursor_seq, json_response, now_ts, page_response
 from controlplane.ids import new_id
 from controlplane.pagination import LIST_QUERY
 from controlplane.permissions import Permission
 from controlplane.routes import Route
+from controlplane.store.base import VersionConflict, Versioned
 from controlplane.store.sql.registry import id_prefix
 from controlplane.validation import Obj, Spec
 
-__all__ = ["Resource", "crud_routes", "fetch"]
+__all__ = ["Resource", "crud_routes", "etag", "fetch", "fetch_versioned"]
+
+# A PATCH without If-Match that loses this many compare-and-set races in a row answers 409.
+PATCH_ATTEMPTS = 5
 
 # (request, validated body, current record or None, record id) -> (fields to store, sealed secret or None)
 Prepare = Callable[
@@ -55,10 +63,26 @@ class Resource:
 
 async def fetch(request: web.Request, kind: str, singular: str) -> dict[str, Any]:
     """The record named by `{id}` in the path, or 404 not_found."""
-    record = await request.app[STORE].registry.get(kind, request.match_info["id"])
-    if record is None:
+    return (await fetch_versioned(request, kind, singular)).record
+
+
+async def fetch_versioned(request: web.Request, kind: str, singular: str) -> Versioned:
+    """The record named by `{id}` in the path and its version, or 404 not_found."""
+    found = await request.app[STORE].registry.get_versioned(kind, request.match_info["id"])
+    if found is None:
         raise NotFound(f"no {singular} {request.match_info['id']}")
-    return record
+    return found
+
+
+def etag(version: int) -> str:
+    """The strong ETag of a record version."""
+    return f'"{version}"'
+
+
+def if_match(request: web.Request) -> set[str] | None:
+    """The entity tags of `If-Match` (None when absent; `*` matches any existing record)."""
+    header = request.headers.get("If-Match")
+    return None if header is None else {tag.strip() for tag in header.split(",") if tag.strip()}
 
 
 def crud_routes(res: Resource) -> list[Route]:
@@ -76,44 +100,76 @@ def crud_routes(res: Resource) -> list[Route]:
     async def create_item(request: web.Request) -> web.Response:
         new = new_id(id_prefix(res.kind))
         fields, secret = await res.prepare(request, request[BODY], None, new)
-        record = await request.app[STORE].registry.create(
-            res.kind, fields, now=now_ts(request), secret=secret, id=new
-        )
-        await audit_event(
+        audit = change_audit(
             request,
             type=f"{res.singular}.created",
-            extra={"id": record["id"], "name": record.get("name")},
-            **res.audit_fields(record),
+            fields_of=lambda r: {"extra": {"id": r["id"], "name": r.get("name")}, **res.audit_fields(r)},
         )
+        record = await request.app[STORE].registry.create(
+            res.kind, fields, now=now_ts(request), secret=secret, id=new, audit=audit
+        )
+        request.app[AUDIT].committed(audit)
         shown = (res.created_view or res.view)(record)
-        return json_response(shown, status=201)
+        return json_response(shown, status=201, headers={"ETag": etag(1)})
 
     async def get_item(request: web.Request) -> web.Response:
-        return json_response(res.view(await fetch(request, res.kind, title)))
+        found = await fetch_versioned(request, res.kind, title)
+        return json_response(res.view(found.record), headers={"ETag": etag(found.version)})
 
     async def patch_item(request: web.Request) -> web.Response:
-        current = await fetch(request, res.kind, title)
-        changes, secret = await res.prepare(request, request[BODY], current, current["id"])
-        record = await request.app[STORE].registry.update(
-            res.kind, current["id"], changes, now=now_ts(request), secret=secret
+        wanted = if_match(request)
+        body = request[BODY]
+        audit_type = res.update_type(body) if res.update_type else f"{res.singular}.updated"
+        for _ in range(PATCH_ATTEMPTS):
+            current = await fetch_versioned(request, res.kind, title)
+            if wanted is not None and "*" not in wanted and etag(current.version) not in wanted:
+                raise PreconditionFailed(
+                    f"{title} {current.record['id']} is at version {etag(current.version)}, not If-Match",
+                    current_etag=etag(current.version),
+                )
+            changes, secret = await res.prepare(request, body, current.record, current.record["id"])
+            audit = change_audit(
+                request,
+                type=audit_type,
+                fields_of=lambda r: {"extra": {"id": r["id"], "fields": sorted(body)}, **res.audit_fields(r)},
+            )
+            try:
+                updated = await request.app[STORE].registry.update(
+                    res.kind,
+                    current.record["id"],
+                    changes,
+                    now=now_ts(request),
+                    secret=secret,
+                    version=current.version,
+                    audit=audit,
+                )
+            except VersionConflict as exc:
+                if wanted is not None:
+                    raise PreconditionFailed(
+                        f"{title} {current.record['id']} changed while this PATCH was applied",
+                        current_etag=etag(exc.current),
+                    ) from None
+                continue  # another writer came first: re-read, re-check and re-apply this patch
+            if updated is None:
+                raise NotFound(f"no {title} {current.record['id']}")
+            request.app[AUDIT].committed(audit)
+            return json_response(res.view(updated.record), headers={"ETag": etag(updated.version)})
+        latest = await fetch_versioned(request, res.kind, title)
+        raise Conflict(
+            f"{title} {latest.record['id']} kept changing while this PATCH was applied; retry",
+            current_etag=etag(latest.version),
         )
-        if record is None:
-            raise NotFound(f"no {title} {current['id']}")
-        await audit_event(
-            request,
-            type=res.update_type(request[BODY]) if res.update_type else f"{res.singular}.updated",
-            extra={"id": record["id"], "fields": sorted(request[BODY])},
-            **res.audit_fields(record),
-        )
-        return json_response(res.view(record))
 
     async def delete_item(request: web.Request) -> web.Response:
         current = await fetch(request, res.kind, title)
-        if not await request.app[STORE].registry.delete(res.kind, current["id"]):
-            raise NotFound(f"no {title} {current['id']}")
-        await audit_event(
-            request, type=f"{res.singular}.deleted", extra={"id": current["id"]}, **res.audit_fields(current)
+        audit = change_audit(
+            request,
+            type=f"{res.singular}.deleted",
+            fields_of=lambda r: {"extra": {"id": r["id"]}, **res.audit_fields(r)},
         )
+        if not await request.app[STORE].registry.delete(res.kind, current["id"], audit=audit):
+            raise NotFound(f"no {title} {current['id']}")
+        request.app[AUDIT].committed(audit)
         return web.Response(status=204)
 
     for fn, verb in (

@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.api._crud import Resource, crud_routes, fetch
-from controlplane.appkeys import BODY, ENVELOPE, STORE
+from controlplane.api._crud import Resource, crud_routes, etag, fetch
+from controlplane.appkeys import AUDIT, BODY, ENVELOPE, STORE
 from controlplane.errors import InvalidRequest, NotFound
-from controlplane.http import audit_event, json_response, now_ts
+from controlplane.http import change_audit, json_response, now_ts
 from controlplane.permissions import PROVIDERS_READ, PROVIDERS_WRITE
 from controlplane.provider_secrets import seal_secret
 from controlplane.routes import Route
@@ -170,19 +170,23 @@ async def rotate_credential_provider(request: web.Request) -> web.Response:
     _check_static(ptype, current["config"], secret)
     sealed = seal_secret(request.app[ENVELOPE], current["id"], secret)
     now = now_ts(request)
-    record = await request.app[STORE].registry.update(
+    audit = change_audit(
+        request,
+        type="credential_provider.rotated",
+        fields_of=lambda r: {"extra": {"id": r["id"], "fields": sorted(secret)}},
+    )
+    updated = await request.app[STORE].registry.update(
         KIND,
         current["id"],
         {"secret_fields": sorted(secret), "secret_rotated_at": now},
         now=now,
         secret=sealed,
+        audit=audit,
     )
-    if record is None:
+    if updated is None:
         raise NotFound(f"no credential provider {current['id']}")
-    await audit_event(
-        request, type="credential_provider.rotated", extra={"id": current["id"], "fields": sorted(secret)}
-    )
-    return json_response(_view(record))
+    request.app[AUDIT].committed(audit)
+    return json_response(_view(updated.record), headers={"ETag": etag(updated.version)})
 
 
 ROUTES = [

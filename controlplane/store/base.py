@@ -6,13 +6,42 @@ Add a repository for new tables the same way (a Protocol here, an implementation
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controlplane.pagination import Page
 
-__all__ = ["ApiKey", "ApiKeyStore", "AuditStore", "RegistryStore", "Store"]
+__all__ = [
+    "ApiKey",
+    "ApiKeyStore",
+    "AuditHook",
+    "AuditStore",
+    "RegistryStore",
+    "Store",
+    "VersionConflict",
+    "Versioned",
+]
+
+# Called inside a registry write's transaction (the store's open `Transaction`) with the record as
+# stored (deleted: as it was), e.g. to append the change's audit row so both commit together.
+AuditHook = Callable[[Any, dict[str, Any]], Awaitable[None]]
+
+
+class VersionConflict(Exception):
+    """The record's stored version is not the one the write was based on (`current`: stored now)."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"stored version is {current}")
+        self.current = current
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A record and its version (the HTTP API's ETag); every write increments the version."""
+
+    record: dict[str, Any]
+    version: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,17 +79,30 @@ class RegistryStore(Protocol):
         now: str,
         secret: bytes | None = None,
         id: str | None = None,
+        audit: AuditHook | None = None,
     ) -> dict[str, Any]: ...
     async def get(self, kind: str, id: str) -> dict[str, Any] | None: ...
+    async def get_versioned(self, kind: str, id: str) -> Versioned | None: ...
     async def get_secret(self, kind: str, id: str) -> bytes | None: ...
     async def list(
         self, kind: str, *, limit: int, after_seq: int | None = None, filters: dict[str, Any] | None = None
     ) -> Page: ...
     async def find(self, kind: str, **filters: Any) -> list[dict[str, Any]]: ...
     async def update(
-        self, kind: str, id: str, changes: dict[str, Any], *, now: str, secret: bytes | None = None
-    ) -> dict[str, Any] | None: ...
-    async def delete(self, kind: str, id: str) -> bool: ...
+        self,
+        kind: str,
+        id: str,
+        changes: dict[str, Any],
+        *,
+        now: str,
+        secret: bytes | None = None,
+        version: int | None = None,
+        audit: AuditHook | None = None,
+    ) -> Versioned | None:
+        """Raises `VersionConflict` when `version` is given and is not the stored one."""
+        ...
+
+    async def delete(self, kind: str, id: str, *, audit: AuditHook | None = None) -> bool: ...
 
 
 class ApiKeyStore(Protocol):
@@ -79,6 +121,16 @@ class AuditStore(Protocol):
     ) -> list[dict[str, Any]]:
         """Chain rows onto the stored head (`link(head, rows)` adds prev_hash/hash) and insert them,
         atomically and serialised with every other writer of the same database."""
+        ...
+
+    async def append_in(
+        self,
+        tx: Any,
+        rows: list[dict[str, Any]],
+        *,
+        link: Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """`append` inside the caller's open write transaction (commits or rolls back with it)."""
         ...
 
     async def head(self) -> str: ...

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from controlplane.pagination import Page
-from controlplane.store.sql.database import AUDIT_LOCK, Database, InThreadWrites, SyncTransaction
+from controlplane.store.sql.database import AUDIT_LOCK, Database, InThreadWrites, SyncTransaction, Transaction
 
 __all__ = ["AUDIT_FIELDS", "DEFAULT_EXPORT_BATCH", "GENESIS", "ExportKey", "Link", "SqlAudit"]
 
@@ -59,11 +59,17 @@ class SqlAudit:
         if isinstance(self._db, InThreadWrites):
             return await self._db.transact(lambda tx: _append_in_thread(tx, rows, link))
         async with self._db.write() as tx:
-            await tx.lock(AUDIT_LOCK)
-            head = await tx.fetchone(_GET_HEAD)
-            chained = link(head["value"] if head else GENESIS, rows)
-            await tx.executemany(_INSERT, _values(chained))
-            await tx.execute(_SET_META, ("audit_head", chained[-1]["hash"]))
+            return await self.append_in(tx, rows, link=link)
+
+    async def append_in(
+        self, tx: Transaction, rows: list[dict[str, Any]], *, link: Link
+    ) -> list[dict[str, Any]]:
+        """`append` inside the caller's open transaction: the rows commit (or roll back) with it."""
+        await tx.lock(AUDIT_LOCK)
+        head = await tx.fetchone(_GET_HEAD)
+        chained = link(head["value"] if head else GENESIS, rows)
+        await tx.executemany(_INSERT, _values(chained))
+        await tx.execute(_SET_META, ("audit_head", chained[-1]["hash"]))
         return chained
 
     async def head(self) -> str:

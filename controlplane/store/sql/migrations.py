@@ -133,13 +133,20 @@ CREATE INDEX audit_ts_seq ON audit_events(ts, seq);
 DROP INDEX audit_ts;
 """
 
+# Every registry write is a compare-and-set on `version` (the HTTP API's ETag).
+_REGISTRY_VERSIONS = "\n".join(
+    f"ALTER TABLE {table} ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
+    for table in ("workloads", "clusters", "targets", "credential_providers", "policies")
+)
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
     Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
     Migration(3, "audit export keyset index", _AUDIT_KEYSET),
     # Replicas bootstrapping the same key at once: the second insert fails instead of duplicating it.
     Migration(4, "api key hashes are unique", "CREATE UNIQUE INDEX api_keys_hash ON api_keys(key_hash);"),
-    # Append Migration(5, ...) here.
+    Migration(5, "registry record versions", _REGISTRY_VERSIONS),
+    # Append Migration(6, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.

@@ -1,7 +1,10 @@
 """Registry resources (workloads, clusters, targets, credential providers, policies), either backend.
 
 Each resource is one table: the public record as JSON in `data`, plus the columns that are
-unique, filtered on or indexed, derived from the record by its `Kind`.
+unique, filtered on or indexed, derived from the record by its `Kind`, and a `version` that every
+write increments. Writes are compare-and-set on that version inside one transaction, so two
+replicas patching one record cannot both win with a stale read; an optional `AuditHook` writes the
+change's audit row in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from typing import Any
 from controlplane.errors import Conflict, InvalidRequest
 from controlplane.ids import new_id
 from controlplane.pagination import Page
+from controlplane.store.base import AuditHook, VersionConflict, Versioned
 from controlplane.store.sql.database import Database, UniqueViolation
 
-__all__ = ["KINDS", "Kind", "SqlRegistry", "id_prefix"]
+__all__ = ["KINDS", "AuditHook", "Kind", "SqlRegistry", "VersionConflict", "Versioned", "id_prefix"]
 
 FIND_LIMIT = 1000
+# Lost compare-and-set races `update(version=None)` retries before giving up with VersionConflict.
+UPDATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,9 @@ class SqlRegistry:
         now: str,
         secret: bytes | None = None,
         id: str | None = None,
+        audit: AuditHook | None = None,
     ) -> dict[str, Any]:
-        """Insert a record (id minted from the kind's prefix unless given); 409 on duplicates."""
+        """Insert a record at version 1 (id minted from the kind's prefix unless given); 409 on duplicates."""
         k = KINDS[kind]
         record = {"id": id or new_id(k.id_prefix), **fields, "created_at": now, "updated_at": now}
         cols = {
@@ -99,15 +106,23 @@ class SqlRegistry:
             cols["secret"] = secret
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
-        await self._write(kind, f"INSERT INTO {k.table} ({names}) VALUES ({marks})", list(cols.values()))
+        try:
+            async with self._db.write() as tx:
+                await tx.execute(f"INSERT INTO {k.table} ({names}) VALUES ({marks})", list(cols.values()))
+                if audit is not None:
+                    await audit(tx, record)
+        except UniqueViolation as exc:
+            raise Conflict(_conflict_message(kind, exc)) from exc
+        self._changed(kind)
         return record
 
     async def get(self, kind: str, id: str) -> dict[str, Any] | None:
-        k = KINDS[kind]
-        row = await self._db.fetchone(
-            f"SELECT id, data, created_at, updated_at FROM {k.table} WHERE id = ?", (id,)
-        )
-        return None if row is None else _record(row)
+        found = await self.get_versioned(kind, id)
+        return None if found is None else found.record
+
+    async def get_versioned(self, kind: str, id: str) -> Versioned | None:
+        row = await self._db.fetchone(f"SELECT {_RECORD_COLS} FROM {KINDS[kind].table} WHERE id = ?", (id,))
+        return None if row is None else Versioned(_record(row), row["version"])
 
     async def get_secret(self, kind: str, id: str) -> bytes | None:
         """The sealed secret blob of a resource (credential providers), or None."""
@@ -141,40 +156,88 @@ class SqlRegistry:
         return [_record(r) for r in rows]
 
     async def update(
-        self, kind: str, id: str, changes: dict[str, Any], *, now: str, secret: bytes | None = None
-    ) -> dict[str, Any] | None:
-        """Shallow-merge `changes` into the record (and replace the secret if given)."""
+        self,
+        kind: str,
+        id: str,
+        changes: dict[str, Any],
+        *,
+        now: str,
+        secret: bytes | None = None,
+        version: int | None = None,
+        audit: AuditHook | None = None,
+    ) -> Versioned | None:
+        """Shallow-merge `changes` into the record (and replace the secret if given); None if missing.
+
+        With `version`, the write applies only to that version (else VersionConflict); without,
+        the merge is based on the version read in the same transaction and retried when another
+        writer wins the race in between (PostgreSQL, READ COMMITTED).
+        """
+        for _ in range(UPDATE_ATTEMPTS):
+            try:
+                return await self._update(kind, id, changes, now, secret, version, audit)
+            except VersionConflict:
+                if version is not None:
+                    raise
+        raise VersionConflict((await self.get_versioned(kind, id) or Versioned({}, 0)).version)
+
+    async def _update(
+        self,
+        kind: str,
+        id: str,
+        changes: dict[str, Any],
+        now: str,
+        secret: bytes | None,
+        version: int | None,
+        audit: AuditHook | None,
+    ) -> Versioned | None:
         k = KINDS[kind]
-        current = await self.get(kind, id)
-        if current is None:
-            return None
-        fields = {key: v for key, v in current.items() if key not in ("id", "created_at", "updated_at")}
-        fields.update(changes)
-        record = {**current, **changes, "updated_at": now}
-        cols = {**k.columns(record), "data": json.dumps(fields), "updated_at": now}
-        if secret is not None:
-            cols["secret"] = secret
-        assignments = ", ".join(f"{c} = ?" for c in cols)
-        await self._write(kind, f"UPDATE {k.table} SET {assignments} WHERE id = ?", [*cols.values(), id])
-        return record
-
-    async def delete(self, kind: str, id: str) -> bool:
-        async with self._db.write() as conn:
-            cur = await conn.execute(f"DELETE FROM {KINDS[kind].table} WHERE id = ?", (id,))
-        self._changed(kind)
-        return cur.rowcount > 0
-
-    async def _write(self, kind: str, sql: str, params: list[Any]) -> None:
         try:
-            async with self._db.write() as conn:
-                await conn.execute(sql, params)
+            async with self._db.write() as tx:
+                row = await tx.fetchone(f"SELECT {_RECORD_COLS} FROM {k.table} WHERE id = ?", (id,))
+                if row is None:
+                    return None
+                if version is not None and row["version"] != version:
+                    raise VersionConflict(row["version"])
+                current = _record(row)
+                fields = {key: v for key, v in current.items() if key not in _META}
+                fields.update(changes)
+                record = {**current, **changes, "updated_at": now}
+                cols = {**k.columns(record), "data": json.dumps(fields), "updated_at": now}
+                if secret is not None:
+                    cols["secret"] = secret
+                assignments = ", ".join(f"{c} = ?" for c in cols)
+                # Compare-and-set: 0 rows when another transaction changed the row since our read.
+                cur = await tx.execute(
+                    f"UPDATE {k.table} SET {assignments}, version = version + 1 WHERE id = ? AND version = ?",
+                    [*cols.values(), id, row["version"]],
+                )
+                if cur.rowcount != 1:
+                    raise VersionConflict(row["version"] + 1)
+                if audit is not None:
+                    await audit(tx, record)
         except UniqueViolation as exc:
             raise Conflict(_conflict_message(kind, exc)) from exc
         self._changed(kind)
+        return Versioned(record, row["version"] + 1)
+
+    async def delete(self, kind: str, id: str, *, audit: AuditHook | None = None) -> bool:
+        """Delete the record; `audit` sees it as it was when deleted."""
+        async with self._db.write() as tx:
+            row = await tx.fetchone(
+                f"DELETE FROM {KINDS[kind].table} WHERE id = ? RETURNING {_RECORD_COLS}", (id,)
+            )
+            if row is not None and audit is not None:
+                await audit(tx, _record(row))
+        self._changed(kind)
+        return row is not None
 
     def _changed(self, kind: str) -> None:
         for listener in self.listeners:
             listener(kind)
+
+
+_RECORD_COLS = "id, data, created_at, updated_at, version"
+_META = ("id", "created_at", "updated_at")
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
