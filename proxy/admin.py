@@ -12,10 +12,11 @@ import json
 from collections.abc import Callable
 from http import HTTPStatus
 
-from proxy.errors import ProxyError
+from proxy.errors import BadRequest, ProxyError
+from proxy.http_framing import find_head
+from proxy.http_messages import MAX_HEAD, parse_request_head, serialize_head
 from proxy.identity import TokenFile
 from proxy.metrics import CONTENT_TYPE, Metrics
-from proxy.wire import MAX_HEAD, parse_request, read_head, serialize_head
 
 __all__ = ["AdminServer"]
 
@@ -36,6 +37,17 @@ def _response(status: int, body: bytes, content_type: str = "application/json") 
 
 def _json(status: int, data: dict) -> bytes:
     return _response(status, json.dumps(data).encode())
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """A request head (the admin endpoints take no body); empty when the peer closed first."""
+    buf = b""
+    while (end := find_head(buf, BadRequest)) is None:
+        data = await reader.read(MAX_HEAD)
+        if not data:
+            return b""
+        buf += data
+    return buf[:end]
 
 
 class AdminServer:
@@ -68,15 +80,15 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT):
-                raw = await read_head(reader)
-                if raw is not None:
-                    req = parse_request(raw)
+                raw = await _read_head(reader)
+                if raw:
+                    req = parse_request_head(raw)
                     peer = writer.get_extra_info("peername")
                     writer.write(
                         self._route(req.method, req.target.split("?", 1)[0], peer[0] if peer else None)
                     )
                     await writer.drain()
-        except (ProxyError, TimeoutError, ConnectionError, OSError):
+        except (ProxyError, TimeoutError, ConnectionError, OSError):  # probes get no error body
             pass
         finally:
             writer.close()

@@ -12,15 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 from proxy.admin import AdminServer
 from proxy.config import ProxySettings
+from proxy.connection_limits import ConnectionLimiter, default_max_connections, raise_fd_limit
 from proxy.controlplane_client import ControlPlaneClient
 from proxy.credentials import CredentialCache
-from proxy.http1 import Forwarder
+from proxy.engine import Engine, Timeouts
+from proxy.exchange import Exchanges
 from proxy.identity import TokenFile
 from proxy.listener import Listener
 from proxy.metrics import Metrics
-from proxy.pool import ConnectionPool, UpstreamPool
+from proxy.pool import ConnectionPool
 from proxy.reporter import Observations, Reporter
 from proxy.routes import RouteSync
+from proxy.tasks import Tasks
 from proxy.tls import LeafCertificates, UpstreamTLS, client_context, load_pod_ca
 
 __all__ = ["WORKER_THREADS", "Proxy", "run"]
@@ -63,9 +66,6 @@ class Proxy:
             heartbeat_interval=settings.heartbeat_interval,
             observations_interval=settings.observations_interval,
         )
-        self.pool = UpstreamPool(
-            connect_timeout=settings.connect_timeout, idle_timeout=settings.upstream_idle_timeout
-        )
         self.connections = ConnectionPool(
             connect_timeout=settings.connect_timeout, idle_timeout=settings.upstream_idle_timeout
         )
@@ -76,27 +76,34 @@ class Proxy:
     async def start(self) -> None:
         store = await asyncio.to_thread(load_pod_ca, self.settings.ca_dir)  # RSA key generation when missing
         upstream_tls = await asyncio.to_thread(UpstreamTLS, self.settings.upstream_ca_file)
-        forwarder = Forwarder(
+        nofile = raise_fd_limit()
+        limiter = ConnectionLimiter(
+            self.settings.max_connections or default_max_connections(nofile), self.metrics.connections
+        )
+        tasks = Tasks()
+        engine = Engine(
+            exchanges=Exchanges(lambda: self.routes.table, upstream_tls),
             routes=lambda: self.routes.table,
             credentials=self.credentials,
-            pool=self.pool,
-            upstream_tls=upstream_tls,
+            pool=self.connections,
+            leaves=LeafCertificates(store, self.settings.ca_dir),
             metrics=self.metrics,
-            observations=self.observations,
-            response_timeout=self.settings.response_timeout,
-            client_idle_timeout=self.settings.client_idle_timeout,
-            stream_idle_timeout=self.settings.stream_idle_timeout,
+            observe=self.observations.record,
+            timeouts=Timeouts(
+                header=self.settings.header_timeout,
+                idle=self.settings.client_idle_timeout,
+                response=self.settings.response_timeout,
+                stream=self.settings.stream_idle_timeout,
+            ),
+            spawn=tasks.spawn,
+            track=limiter.track,
         )
         self.listener = Listener(
             mode=self.settings.mode,
             listen=self.settings.listen,
-            forwarder=forwarder,
-            routes=lambda: self.routes.table,
-            leaves=LeafCertificates(store, self.settings.ca_dir),
-            pool=self.pool,
-            connections=self.connections,
-            metrics=self.metrics,
-            observations=self.observations,
+            engine=engine,
+            limiter=limiter,
+            tasks=tasks,
             listen6=self.settings.listen6,
             listen6_required=self.settings.listen6_required,
         )
@@ -127,7 +134,6 @@ class Proxy:
         await self.routes.close()
         await self.credentials.close()
         await self.reporter.close()
-        self.pool.close()
         self.connections.close()
         if self.admin is not None:
             await self.admin.close()

@@ -34,6 +34,7 @@ DEFAULT_RESPONSE_TIMEOUT = 60.0
 DEFAULT_UPSTREAM_IDLE_TIMEOUT = 30.0
 DEFAULT_CLIENT_IDLE_TIMEOUT = 300.0
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0
 DEFAULT_OBSERVATIONS_INTERVAL = 10.0
 DEFAULT_REFRESH_FRACTION = 0.8
@@ -92,6 +93,8 @@ class ProxySettings:
     upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
     client_idle_timeout: float = DEFAULT_CLIENT_IDLE_TIMEOUT
     stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_connections: int = 0  # 0: derived from RLIMIT_NOFILE (proxy/connection_limits.py)
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     observations_interval: float = DEFAULT_OBSERVATIONS_INTERVAL
     refresh_fraction: float = DEFAULT_REFRESH_FRACTION
@@ -112,9 +115,12 @@ class ProxySettings:
             "upstream_idle_timeout",
             "client_idle_timeout",
             "stream_idle_timeout",
+            "header_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive", field=name)
+        if self.max_connections < 0:
+            raise ConfigError("max_connections must be 0 (automatic) or positive", field="max_connections")
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> ProxySettings:
@@ -139,6 +145,9 @@ class ProxySettings:
                 response_timeout=float(ns.response_timeout),
                 upstream_idle_timeout=float(ns.upstream_idle_timeout),
                 stream_idle_timeout=float(ns.stream_idle_timeout),
+                client_idle_timeout=float(ns.idle_timeout),
+                header_timeout=float(ns.header_timeout),
+                max_connections=int(ns.max_connections),
                 heartbeat_interval=float(ns.heartbeat_interval),
                 observations_interval=float(ns.observations_interval),
                 log_level=ns.log_level.upper(),
@@ -169,6 +178,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | 
     flag("response-timeout", DEFAULT_RESPONSE_TIMEOUT, "wait for an upstream response head, seconds")
     flag("upstream-idle-timeout", DEFAULT_UPSTREAM_IDLE_TIMEOUT, "pooled upstream connection idle limit")
     flag("stream-idle-timeout", DEFAULT_STREAM_IDLE_TIMEOUT, "a body stalled this long either way is cut, s")
+    flag("idle-timeout", DEFAULT_CLIENT_IDLE_TIMEOUT, "close a kept-alive app connection idle this long, s")
+    flag("header-timeout", DEFAULT_HEADER_TIMEOUT, "an app must finish a request head within this, s")
+    flag("max-connections", 0, "app connections at most (0: half the file descriptor limit)")
     flag("heartbeat-interval", DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats")
     flag("observations-interval", DEFAULT_OBSERVATIONS_INTERVAL, "seconds between observation batches")
     flag("log-level", "INFO", "log level")

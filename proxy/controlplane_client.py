@@ -12,10 +12,11 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, ProxyError
+from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, ProxyError, UpstreamProtocolError
+from proxy.http_framing import find_head, framer
+from proxy.http_messages import Body, Response, parse_response_head, serialize_head
 from proxy.identity import TokenFile
 from proxy.pool import Destination, UpstreamPool
-from proxy.wire import Body, parse_response, read_body, read_head, serialize_head
 
 __all__ = ["DEFAULT_CP_TIMEOUT", "JWT_TOKEN_TYPE", "ControlPlaneClient"]
 
@@ -112,15 +113,10 @@ class ControlPlaneClient:
             try:
                 async with asyncio.timeout(self._timeout):
                     conn.writer.write(request)
-                    raw = await read_head(conn.reader, CredentialUnavailable)
-                    if raw is None:
-                        raise ConnectionResetError("closed before a response")
-                    resp = parse_response(raw, method)
-                    body = await read_body(resp.body, resp.length, conn.reader, MAX_RESPONSE_BYTES)
+                    resp, body = await _read_response(conn.reader, method)
             except (
                 OSError,
                 asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
                 TimeoutError,
                 ProxyError,
             ) as exc:
@@ -144,6 +140,33 @@ class ControlPlaneClient:
 
     async def close(self) -> None:
         self._pool.close()
+
+
+async def _read_response(reader: asyncio.StreamReader, method: str) -> tuple[Response, bytes]:
+    """One response with its whole (bounded) body, framed by the proxy's one HTTP/1.1 framing code."""
+    buf = bytearray()
+    while (end := find_head(buf, UpstreamProtocolError)) is None:
+        data = await reader.read(65536)
+        if not data:
+            raise asyncio.IncompleteReadError(bytes(buf), None)
+        buf += data
+    resp = parse_response_head(bytes(buf[:end]), method)
+    body = framer(resp.body, resp.length, UpstreamProtocolError, collect=True)
+    if resp.body == Body.LENGTH and resp.length > MAX_RESPONSE_BYTES:
+        raise UpstreamProtocolError(f"body larger than {MAX_RESPONSE_BYTES} bytes")
+    rest = bytes(buf[end:])
+    while True:
+        if body.feed(rest) < len(rest):
+            raise UpstreamProtocolError("bytes after the response")
+        if body.done:
+            break
+        if len(body.payload) > MAX_RESPONSE_BYTES:  # type: ignore[arg-type]
+            raise UpstreamProtocolError(f"body larger than {MAX_RESPONSE_BYTES} bytes")
+        rest = await reader.read(65536)
+        if not rest:
+            body.eof()
+            break
+    return resp, bytes(body.payload)  # type: ignore[arg-type]
 
 
 def _describe(status: int, body: Any) -> str:

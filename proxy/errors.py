@@ -9,11 +9,18 @@ __all__ = [
     "ConfigError",
     "CredentialUnavailable",
     "Denied",
+    "HeadTooLarge",
+    "HeaderTimeout",
+    "InvalidCredential",
+    "MisdirectedRequest",
     "ProxyError",
+    "URITooLong",
+    "UnsupportedTransferCoding",
     "UpstreamProtocolError",
     "UpstreamTLSError",
     "UpstreamTimeout",
     "UpstreamUnreachable",
+    "VersionNotSupported",
 ]
 
 
@@ -41,6 +48,48 @@ class BadRequest(ProxyError):
     """The app sent a request the proxy cannot parse or route."""
 
     code, status = "bad_request", 400
+
+
+class MisdirectedRequest(ProxyError):
+    """Inside an intercepted TLS connection, the request names another authority than the connection's."""
+
+    code, status = "misdirected_request", 421
+
+
+class HeadTooLarge(ProxyError):
+    """The request head (request line and fields) exceeds the head size limit."""
+
+    code, status = "request_header_too_large", 431
+
+
+class URITooLong(ProxyError):
+    """The request line exceeds its size limit."""
+
+    code, status = "uri_too_long", 414
+
+
+class UnsupportedTransferCoding(ProxyError):
+    """A request Transfer-Encoding other than `chunked` (what nginx answers with 501)."""
+
+    code, status = "unsupported_transfer_coding", 501
+
+
+class VersionNotSupported(ProxyError):
+    """An HTTP major version other than 1 on an HTTP/1.x connection."""
+
+    code, status = "http_version_not_supported", 505
+
+
+class HeaderTimeout(ProxyError):
+    """The app did not finish its request head within the header timeout."""
+
+    code, status = "request_header_timeout", 408
+
+
+class InvalidCredential(ProxyError):
+    """The credential holds a control character: it is never written into a request (fail closed)."""
+
+    code, status = "invalid_credential", 502
 
 
 class ClientTimeout(ProxyError):

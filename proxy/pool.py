@@ -71,7 +71,7 @@ def _translated(dest: Destination) -> Iterator[None]:
 
 
 class Upstream:
-    """One open upstream connection (streams: the general forwarder in proxy/http1.py)."""
+    """One open upstream connection as streams (the control-plane client's)."""
 
     __slots__ = ("idle_since", "key", "reader", "writer")
 

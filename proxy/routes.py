@@ -9,11 +9,13 @@ from typing import Literal
 
 from proxy.controlplane_client import ControlPlaneClient
 from proxy.errors import ProxyError
+from proxy.http_grammar import TOKEN, has_ctl
 
 __all__ = ["DEFAULT_REFRESH_SECONDS", "Injection", "Route", "RouteSync", "RouteTable"]
 
 DEFAULT_REFRESH_SECONDS = 30
 _MIN_REFRESH, _MAX_REFRESH = 1, 3600
+_BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0  # after a failed poll: 1 s, 2 s, 4 s … up to 30 s
 log = logging.getLogger("sesame.proxy.routes")
 
 # How a route is reached: "http" for plaintext requests (absolute-form or Host header),
@@ -52,6 +54,10 @@ class Route:
             raise ValueError(f"injection {injection.type} needs a name")
         if injection.type not in ("bearer", "basic", "header", "query"):
             raise ValueError(f"unknown injection type {injection.type!r}")
+        if injection.name and TOKEN.fullmatch(injection.name.encode("latin-1", "replace")) is None:
+            raise ValueError("injection name is not an HTTP field name (RFC 9110 token)")
+        if injection.prefix and has_ctl(injection.prefix):
+            raise ValueError("injection prefix holds a control character")
         scheme = raw.get("scheme", "https")
         tls = raw.get("tls") or ("intercept" if scheme == "https" else "none")
         return cls(
@@ -130,15 +136,20 @@ class RouteSync:
         self._task = asyncio.create_task(self._run(), name="sesame-route-sync")
 
     async def _run(self) -> None:
-        delay = 0.0
+        delay, failures = 0.0, 0
         while True:
             await asyncio.sleep(delay)
             try:
                 await self.refresh()
                 delay = self.refresh_seconds
-            except ProxyError as exc:
-                delay = 1.0 if not self.loaded.is_set() else min(self.refresh_seconds, 5.0)
-                log.warning("route refresh failed", extra={"error": exc.code, "reason": exc.message})
+            except Exception as exc:  # any reply, however broken, must not stop the refresh loop
+                failures += 1
+                ceiling = min(self.refresh_seconds, _BACKOFF_MAX) if self.loaded.is_set() else _BACKOFF_MAX
+                delay = min(_BACKOFF_START * 2 ** min(failures, 8), ceiling)
+                code = exc.code if isinstance(exc, ProxyError) else type(exc).__name__
+                log.warning("route refresh failed", extra={"error": code, "reason": str(exc)[:200]})
+            else:
+                failures = 0
 
     async def close(self) -> None:
         if self._task:

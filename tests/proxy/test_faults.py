@@ -9,7 +9,7 @@ import os
 import httpx
 import pytest
 
-from proxy.http1 import REPLAY_LIMIT
+from proxy.engine import REPLAY_LIMIT
 from tests.proxy.conftest import API_KEY, proxy_url, route
 from tests.proxy.rawhttp import RawServer, serve_requests
 

@@ -62,6 +62,16 @@ def pod_netns():
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+
+def pod_hosts(ns: str, *entries: tuple[str, str]) -> None:
+    """The pod's /etc/hosts (``ip netns exec`` mounts /etc/netns/NS/hosts over it): the names the
+    proxy resolves itself, as a pod resolves them through cluster DNS."""
+    path = Path(f"/etc/netns/{ns}")
+    path.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1 localhost", "::1 localhost", *(f"{ip} {name}" for ip, name in entries)]
+    (path / "hosts").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture
@@ -159,6 +169,7 @@ async def _check_governed_and_tunneled(pod_netns, shared_dir, pki, *, ipv6: bool
     await cp.start()
     settings = RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID, ipv6=ipv6)
     backend = apply_rules(settings, backend=backend, netns=ns)
+    pod_hosts(ns, (api_ip, "api.sesame.test"))  # the proxy dials the route's host, resolved itself
     proxy = await _start_proxy(ns, shared_dir, cp)
     try:
         if ipv6:

@@ -1,0 +1,238 @@
+"""HTTP/1.1 message heads: strict parsing (RFC 9112 §2 to §7), framing decisions and serialisation.
+
+Requests that nginx refuses are refused here too, each with the status nginx gives (400, 414, 431,
+501, 505); a response head the upstream gets wrong is `bad_upstream_response` (502).
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from proxy.errors import (
+    BadRequest,
+    HeadTooLarge,
+    ProxyError,
+    UnsupportedTransferCoding,
+    UpstreamProtocolError,
+    URITooLong,
+    VersionNotSupported,
+)
+from proxy.http_grammar import AUTHORITY, FIELD_LINE, REQUEST_LINE, STATUS_LINE
+
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_HEAD",
+    "MAX_REQUEST_LINE",
+    "Body",
+    "Request",
+    "Response",
+    "error_response",
+    "parse_request_head",
+    "parse_response_head",
+    "serialize_head",
+    "split_authority",
+]
+
+MAX_HEAD = 64 * 1024  # request line + fields, in total bytes, however many reads they took
+MAX_REQUEST_LINE = 8 * 1024
+_MAX_FIELDS = 200
+# Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own; Transfer-Encoding is kept because bodies
+# are relayed in the framing they arrived in.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+     "upgrade"}
+)
+_FRAMING = frozenset(
+    {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
+)
+_SPECIAL = _FRAMING | HOP_BY_HOP | {"host"}
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
+
+
+class Body:
+    """Message body framing."""
+
+    NONE, LENGTH, CHUNKED, CLOSE = range(4)
+
+
+class Request:
+    __slots__ = ("body", "expect_continue", "headers", "host", "keep_alive", "length", "method", "target",
+                 "upgrade", "version")
+
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]]) -> None:
+        self.method, self.target, self.version, self.headers = method, target, version, headers
+        self.body, self.length, self.keep_alive = Body.NONE, 0, True
+        self.expect_continue, self.upgrade, self.host = False, "", ""
+
+
+class Response:
+    __slots__ = ("body", "headers", "keep_alive", "length", "reason", "status", "upgrade", "version")
+
+    def __init__(self, version: str, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        self.version, self.status, self.reason, self.headers = version, status, reason, headers
+        self.body, self.length, self.keep_alive, self.upgrade = Body.NONE, 0, True, ""
+
+
+def _lines(raw: bytes, error: type[ProxyError]) -> list[bytes]:
+    """The head's lines (without the final blank line); a bare CR or LF anywhere is refused."""
+    raw = raw.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before the start line may be ignored
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        raise error("bare CR or LF in the message head")
+    return raw[:-4].split(b"\r\n")
+
+
+def _fields(lines: list[bytes], error: type[ProxyError]) -> tuple[list[str], list[tuple[str, str]]]:
+    """→ (lower-cased names, (name, value) as sent); obs-fold, bad names and CTLs are refused."""
+    if len(lines) > _MAX_FIELDS + 1:
+        raise error(f"more than {_MAX_FIELDS} header fields")
+    names: list[str] = []
+    headers: list[tuple[str, str]] = []
+    match = FIELD_LINE.fullmatch
+    for line in lines[1:]:
+        m = match(line)
+        if m is None:
+            raise error(f"malformed header field {line[:40]!r}")
+        name = m.group(1).decode("ascii")
+        names.append(name.lower())
+        headers.append((name, (m.group(2) or b"").decode("latin-1")))
+    return names, headers
+
+
+def _content_length(value: str, error: type[ProxyError]) -> int:
+    # Content-Length = 1*DIGIT, ASCII digits only ("¹".isdigit() is True in Python).
+    if not value or len(value) > 18 or not value.isascii() or not value.isdigit():
+        raise error(f"invalid Content-Length {value[:20]!r}")
+    return int(value)
+
+
+def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, str]],
+           error: type[ProxyError]) -> None:
+    """Set framing, keep-alive, upgrade and Host from the fields; strip hop-by-hop fields."""
+    conn_tokens: set[str] = set()
+    codings: list[str] | None = None
+    length: str | None = None
+    hosts = 0
+    kept = headers
+    if not _SPECIAL.isdisjoint(names):
+        kept = []
+        for lname, header in zip(names, headers, strict=True):
+            value = header[1]
+            if lname == "host":
+                hosts += 1
+                if isinstance(msg, Request):
+                    msg.host = value
+            elif lname in _FRAMING:
+                if lname == "connection" or lname == "proxy-connection":
+                    conn_tokens.update(t.strip().lower() for t in value.split(","))
+                elif lname == "content-length":
+                    if length is not None:
+                        raise error("more than one Content-Length")
+                    length = value
+                elif lname == "transfer-encoding":
+                    codings = (codings or []) + [t.strip().lower() for t in value.split(",")]
+                elif lname == "upgrade":
+                    msg.upgrade = value
+                elif lname == "expect" and isinstance(msg, Request):
+                    msg.expect_continue = value.lower() == "100-continue"
+            if lname not in HOP_BY_HOP:
+                kept.append(header)
+        named = conn_tokens - _CONNECTION_OPTIONS
+        if named:  # Connection names other fields: they are hop-by-hop too
+            kept = [h for h in kept if h[0].lower() not in named]
+    msg.headers = kept
+    if "upgrade" not in conn_tokens:
+        msg.upgrade = ""
+    msg.keep_alive = msg.version == "HTTP/1.1" and "close" not in conn_tokens
+    if isinstance(msg, Request):
+        if hosts > 1 or (hosts == 0 and msg.version == "HTTP/1.1"):
+            raise BadRequest("an HTTP/1.1 request needs exactly one Host field")
+        if hosts and AUTHORITY.fullmatch(msg.host.encode("latin-1")) is None:
+            raise BadRequest(f"invalid Host {msg.host[:60]!r}")
+    if codings is not None:
+        if length is not None:
+            raise error("both Transfer-Encoding and Content-Length")
+        if msg.version != "HTTP/1.1":  # RFC 9112 §6.1: the framing of such a message is faulty
+            raise error("Transfer-Encoding in an HTTP/1.0 message")
+        chunked = codings.count("chunked")
+        if "" in codings or chunked > 1 or (chunked and codings[-1] != "chunked"):
+            raise error("malformed Transfer-Encoding")
+        if isinstance(msg, Request):
+            if codings != ["chunked"]:
+                raise UnsupportedTransferCoding(f"unsupported Transfer-Encoding {', '.join(codings)[:40]!r}")
+            msg.body = Body.CHUNKED
+        else:
+            msg.body = Body.CHUNKED if codings[-1] == "chunked" else Body.CLOSE
+    elif length is not None:
+        msg.length = _content_length(length, error)
+        msg.body = Body.LENGTH if msg.length else Body.NONE
+    elif isinstance(msg, Response):
+        msg.body = Body.CLOSE
+
+
+def parse_request_head(raw: bytes) -> Request:
+    """A request head (ending in CRLF CRLF) → Request; BadRequest and kin on anything malformed."""
+    if len(raw) > MAX_HEAD:
+        raise HeadTooLarge(f"request head larger than {MAX_HEAD} bytes")
+    lines = _lines(raw, BadRequest)
+    line = lines[0]
+    if len(line) > MAX_REQUEST_LINE:
+        raise URITooLong(f"request line longer than {MAX_REQUEST_LINE} bytes")
+    m = REQUEST_LINE.fullmatch(line)
+    if m is None:
+        raise BadRequest(f"malformed request line {line[:60]!r}")
+    if m.group(3) != b"1":
+        raise VersionNotSupported(f"HTTP/{m.group(3).decode()}.{m.group(4).decode()} is not supported")
+    version = "HTTP/1.0" if m.group(4) == b"0" else "HTTP/1.1"
+    names, headers = _fields(lines, BadRequest)
+    req = Request(m.group(1).decode("ascii"), m.group(2).decode("ascii"), version, headers)
+    _frame(req, names, headers, BadRequest)
+    return req
+
+
+def parse_response_head(raw: bytes, method: str) -> Response:
+    """A response head → Response; UpstreamProtocolError (502) on anything malformed."""
+    if len(raw) > MAX_HEAD:
+        raise UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes")
+    lines = _lines(raw, UpstreamProtocolError)
+    m = STATUS_LINE.fullmatch(lines[0])
+    if m is None or m.group(1) != b"1":
+        raise UpstreamProtocolError(f"malformed status line {lines[0][:60]!r}")
+    version = "HTTP/1.0" if m.group(2) == b"0" else "HTTP/1.1"
+    names, headers = _fields(lines, UpstreamProtocolError)
+    resp = Response(version, int(m.group(3)), (m.group(4) or b"").decode("latin-1"), headers)
+    _frame(resp, names, headers, UpstreamProtocolError)
+    if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+        resp.body = Body.NONE
+    return resp
+
+
+def split_authority(authority: str, default_port: int) -> tuple[str, int]:
+    """`host[:port]` (RFC 3986 authority) → (lower-cased host without a final dot, port)."""
+    m = AUTHORITY.fullmatch(authority.encode("latin-1", "replace"))
+    if m is None or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
+        raise BadRequest(f"invalid authority {authority[:60]!r}")
+    host = m.group(1).decode("ascii")
+    if host.startswith("["):
+        host = host[1:-1]
+    port = int(m.group(2)) if m.group(2) else default_port
+    return host.lower().rstrip("."), port
+
+
+def serialize_head(start_line: str, headers: list[tuple[str, str]], extra: str = "") -> bytes:
+    return (start_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + extra + "\r\n").encode(
+        "latin-1"
+    )
+
+
+def error_response(exc: ProxyError, *, keep_alive: bool) -> bytes:
+    """The JSON error reply the app gets for `exc`."""
+    body = json.dumps(exc.body()).encode()
+    phrase = HTTPStatus(exc.status).phrase
+    head = (
+        f"HTTP/1.1 {exc.status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        + ("" if keep_alive else "Connection: close\r\n")
+        + "\r\n"
+    )
+    return head.encode() + body
