@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from proxy.init_container import InitSettings, _parser, control_plane_cidrs, main
 from proxy.netfilter import list_rules
+from tests.netfilter_tools import require_netfilter
 
 from .conftest import APP_UID, NetnsPair
 
@@ -120,6 +121,7 @@ def _init(pair: NetnsPair, tmp: Path, *args: str) -> subprocess.CompletedProcess
 def test_transparent_init_installs_rules_and_hands_the_ca_to_the_proxy(
     netns_pair: NetnsPair, tmp_path, backend
 ):
+    require_netfilter(backend)
     tmp_path.chmod(0o755)
     proc = _init(
         netns_pair,
@@ -152,6 +154,7 @@ def test_transparent_init_installs_rules_and_hands_the_ca_to_the_proxy(
 
 @pytest.mark.root
 def test_explicit_init_installs_no_rules(netns_pair: NetnsPair, tmp_path):
+    require_netfilter("nft")  # lists the ruleset with nft
     proc = _init(netns_pair, tmp_path, "--mode=explicit")
     assert proc.returncode == 0, proc.stderr
     ruleset = subprocess.run(

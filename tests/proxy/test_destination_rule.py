@@ -100,7 +100,7 @@ async def test_request_without_host_inside_intercepted_tls_is_400(cp, start_prox
     assert start.startswith("HTTP/1.1 200")
     await writer.start_tls(client_ssl(pki), server_hostname="localhost")
     writer.write(b"GET /v1/hello HTTP/1.1\r\n\r\n")
-    start, headers, body = await asyncio.wait_for(read_message(reader), 10)
+    start, _headers, body = await asyncio.wait_for(read_message(reader), 10)
     writer.close()
     assert start.startswith("HTTP/1.1 400")
     assert json.loads(body)["error"] == "bad_request"
@@ -165,7 +165,7 @@ async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(cp, start_
     served = []
 
     async def one_then_close(reader, writer):
-        start, headers, body = await read_message(reader)
+        _start, _headers, body = await read_message(reader)
         served.append(body)
         writer.write(ok())
         await writer.drain()

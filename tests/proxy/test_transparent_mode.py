@@ -22,6 +22,7 @@ import pytest
 from devkit.upstream import ApiServer, server_context
 from proxy.netfilter import RedirectSettings, apply_rules
 from proxy.tls import init_pod_ca
+from tests.netfilter_tools import require_netfilter
 from tests.proxy.conftest import API_KEY, route
 from tests.proxy.cp_double import ControlPlaneDouble
 from tests.proxy.procs import start_proxy_process
@@ -151,6 +152,7 @@ async def _start_proxy(ns: str, shared_dir: Path, cp: ControlPlaneDouble):
 async def _check_governed_and_tunneled(pod_netns, shared_dir, pki, *, ipv6: bool, backend: str = "auto"):
     """Routes for both upstream APIs (on the host's IPv4 or IPv6 address), the REDIRECT rules and the
     proxy in the pod: governed HTTPS and HTTP get the credential, the bare IP is tunneled untouched."""
+    require_netfilter(backend)
     ns, host_ip, _, host_ip6 = pod_netns
     api_ip = host_ip6 if ipv6 else host_ip
     url_host = f"[{api_ip}]" if ipv6 else api_ip
