@@ -14,7 +14,8 @@ from controlplane.validation import Int, Obj, Str
 __all__ = ["ROUTES", "TARGET_IN"]
 
 HOSTNAME = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
+FIELD_TEXT = r"[ -~]*"  # printable ASCII: no CR, LF, NUL or other control character in a header
 
 INJECTION = Obj(
     {
@@ -26,7 +27,14 @@ INJECTION = Obj(
             pattern=HEADER_NAME,
             description="header or query parameter name (header, query)",
         ),
-        "prefix": Str(required=False, nullable=True, min_len=0, max_len=100, description="e.g. 'Token '"),
+        "prefix": Str(
+            required=False,
+            nullable=True,
+            min_len=0,
+            max_len=100,
+            pattern=FIELD_TEXT,
+            description="e.g. 'Token '; printable ASCII only",
+        ),
     }
 )
 TARGET_IN = Obj(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_MAX_TTL_SECONDS",
     "JWT_TOKEN_TYPE",
     "CredentialProvider",
+    "InvalidCredentialValue",
     "IssuedCredential",
     "MintRequest",
     "UpstreamMintFailed",
@@ -22,12 +24,20 @@ __all__ = [
 DEFAULT_MAX_TTL_SECONDS = 300
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class UpstreamMintFailed(SesameError):
     """The provider could not produce a credential (upstream down, refused, or misconfigured)."""
 
     code, status = "upstream_mint_failed", 502
+
+
+class InvalidCredentialValue(UpstreamMintFailed):
+    """The provider produced a value holding a control character (CR, LF, NUL, …): it would split the
+    header the proxy writes it into, so it is refused and never reaches a workload."""
+
+    code = "invalid_credential"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +62,10 @@ class IssuedCredential:
     expires_in: int
     token_type: str = "Bearer"
     issued_token_type: str = ACCESS_TOKEN_TYPE
+
+    def __post_init__(self) -> None:
+        if _CTL.search(self.access_token):
+            raise InvalidCredentialValue("the credential provider returned a value with a control character")
 
     def response(self) -> dict[str, Any]:
         return {

@@ -70,3 +70,16 @@ async def test_policy_references_must_exist_and_scope_is_unique(admin):
     assert [p["id"] for p in listed] == [created.json()["id"]]
     bad = await admin.post("/v1/policies", json={**body, "effect": "maybe"})
     assert bad.status_code == 400 and bad.json()["field"] == "effect"
+
+
+async def test_target_injection_cannot_carry_header_syntax(admin):
+    """Injection names are RFC 9110 tokens and prefixes printable text: nothing that splits a header."""
+    for injection, field in (
+        ({"type": "header", "name": "X-Key", "prefix": "k\r\nX-Evil: 1\r\n"}, "injection.prefix"),
+        ({"type": "bearer", "prefix": "Bearer\x00"}, "injection.prefix"),
+        ({"type": "header", "name": "X Key:"}, "injection.name"),
+    ):
+        body = {"name": "t", "host": "t.example", "injection": injection}
+        resp = await admin.post("/v1/targets", json=body)
+        assert resp.status_code == 400, injection
+        assert (resp.json()["error"], resp.json()["field"]) == ("invalid_request", field)

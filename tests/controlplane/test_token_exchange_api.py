@@ -363,3 +363,19 @@ async def test_no_token_or_secret_text_in_logs_or_audit_rows(env: Env, caplog, t
     for text in (caplog.text, export):
         assert STATIC_SECRET not in text
         assert signature not in text and token.split(".")[1] not in text
+
+
+async def test_credential_with_a_control_character_is_refused_and_audited(env: Env) -> None:
+    """A secret that would split the header the proxy writes it into never reaches a workload."""
+    provider = await env.create(
+        "/v1/credential-providers",
+        {"name": "split", "type": "static", "config": {"value": "abc\r\nX-Injected-By-Token: 1"}},
+    )
+    await allow(env, provider_id=provider["id"])
+    resp = await env.exchange()
+    assert resp.status_code == 502
+    assert resp.json()["error"] == "invalid_credential"
+    assert "X-Injected" not in resp.text
+    denied = await env.audit(type="token.denied")
+    assert denied[0]["reason"] == "invalid_credential"
+    assert "X-Injected" not in str(denied)
