@@ -241,3 +241,31 @@ async def test_roots_are_looked_up_on_demand_in_a_hashed_directory(tmp_path, pki
     other = client_context(roots_dir=hashed_dir("pod", pki.pod_ca_file))
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.open_connection("127.0.0.1", https_api.port, ssl=other, server_hostname="localhost")
+
+
+async def test_route_refresh_survives_any_reply_and_retries_with_backoff(token_file):
+    """One malformed chunked reply (size `zz`) must not stop route refresh until a restart."""
+    from tests.proxy.rawhttp import RawServer, read_head
+
+    good = b'{"routes": [], "refresh_seconds": 30}'
+    replies = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(good), good),
+    ]
+
+    async def serve(reader, writer):
+        await read_head(reader)
+        writer.write(replies.pop(0) if len(replies) > 1 else replies[0])
+        await writer.drain()
+
+    server = await RawServer(serve).start()
+    sync = RouteSync(ControlPlaneClient(f"http://127.0.0.1:{server.port}", TokenFile(token_file)))
+    sync.start()
+    try:
+        await asyncio.wait_for(sync.loaded.wait(), 10)  # the second poll, after a 1 s backoff
+        assert server.connections == 2
+    finally:
+        await sync.close()
+        await sync.client.close()
+        await server.close()
