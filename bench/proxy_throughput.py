@@ -5,8 +5,10 @@ Same run, loopback: wrk against (a) the upstream directly, (b) nginx reverse pro
 reference nginx are pinned to one core, wrk and the upstream nginx to the other. Reports req/s and
 p50/p99 at c1 and c50, Sesame's RSS and CPU-seconds per request, then intercepted HTTPS: added p50 on
 a kept-alive connection and proxy CPU per new intercepted TLS connection.
-Targets (issue 4): >= 35 % of nginx's req/s; +p50 <= 0.25 ms at c1; <= 0.10 vCPU and <= 40 MB RSS at
-1000 req/s; intercepted HTTPS kept-alive +p50 <= 0.5 ms; new intercepted TLS connection <= 3 ms CPU.
+The upstream answers 401 unless the credential is present, and every run reports its non-2xx count,
+so a fast proxy that forgets the credential cannot look good.
+Goals (issue 8): req/s at c50 >= 0.60 x nginx; CPU per request <= 1.6 x nginx's; added p50 at c1 <=
+0.10 ms over nginx's; p99 at c50 <= 1.5 x nginx's; RSS after load <= 30 MB.
 
     .venv/bin/python -m bench.proxy_throughput [--seconds 5] [--tls-requests 500] [--tls-connections 100]
         [--baseline DIR]   # also measure another proxy package in the same run (before/after):
@@ -51,9 +53,10 @@ http {{
 }}
 """
 UPSTREAM = """
-  server {{ listen 127.0.0.1:{http}; location / {{ return 200 "ok\\n"; }} }}
+  map $http_authorization $denied {{ "Bearer {token}" 0; default 1; }}
+  server {{ listen 127.0.0.1:{http}; location / {{ if ($denied) {{ return 401; }} return 200 "ok\\n"; }} }}
   server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
-           location / {{ return 200 "ok\\n"; }} }}
+           location / {{ if ($denied) {{ return 401; }} return 200 "ok\\n"; }} }}
 """
 REVERSE = """
   upstream backend {{ server 127.0.0.1:{http}; keepalive 64; }}
@@ -83,24 +86,31 @@ def _us(value: str) -> float:
     return float(num) * {"us": 1, "ms": 1000, "s": 1e6}[unit]
 
 
-def wrk(url: str, conns: int, seconds: int, absolute: str | None = None) -> dict[str, float]:
+def wrk(
+    url: str, conns: int, seconds: int, absolute: str | None = None, credential: bool = False
+) -> dict[str, float]:
+    """wrk's figures; `credential`: send the key ourselves (the direct run, which has no proxy)."""
     argv = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if absolute:  # explicit proxy: absolute-form request target
             host = absolute.split("/")[2]
             script.write(f'wrk.path = "{absolute}"\nwrk.headers["Host"] = "{host}"\n')
+        if credential:
+            script.write(f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
     out = subprocess.run(
         [*argv, "-s", script.name, url], capture_output=True, text=True, timeout=seconds + 30
     )
     os.unlink(script.name)
     text = out.stdout
     requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),  # type: ignore[union-attr]
         "p50_us": _us(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
         "p99_us": _us(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1)),  # type: ignore[union-attr]
         "requests": requests,
-        "errors": len(re.findall(r"Non-2xx|Socket errors", text)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": len(re.findall(r"Socket errors", text)),
     }
 
 
@@ -123,8 +133,9 @@ def tls_via_proxy(proxy: tuple[str, int], host: str, port: int, ctx: ssl.SSLCont
     return ctx.wrap_socket(raw, server_hostname=host)
 
 
-def get(sock: ssl.SSLSocket, host: str) -> None:
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+def get(sock: ssl.SSLSocket, host: str, credential: bool = False) -> None:
+    auth = f"Authorization: Bearer {KEY}\r\n" if credential else ""
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode())
     data = b""
     while not data.endswith(b"ok\n"):
         chunk = sock.recv(65536)
@@ -132,11 +143,11 @@ def get(sock: ssl.SSLSocket, host: str) -> None:
         data += chunk
 
 
-def timed(sock: ssl.SSLSocket, host: str, n: int) -> float:
+def timed(sock: ssl.SSLSocket, host: str, n: int, credential: bool = False) -> float:
     samples = []
     for _ in range(n):
         t = time.perf_counter()
-        get(sock, host)
+        get(sock, host, credential)
         samples.append(time.perf_counter() - t)
     return statistics.median(samples) * 1e6
 
@@ -217,7 +228,9 @@ def main() -> int:
             stack,
             root,
             "upstream",
-            UPSTREAM.format(http=http_port, https=https_port, cert=cert.cert_file, key=cert.key_file),
+            UPSTREAM.format(
+                http=http_port, https=https_port, cert=cert.cert_file, key=cert.key_file, token=KEY
+            ),
             core=0,
         )
         reverse_pid = nginx(
@@ -258,7 +271,7 @@ def main() -> int:
         token = issuer.write_token(root / "token", namespace="bench", service_account="bench", ttl=3600)
         target = f"http://127.0.0.1:{http_port}/"
         for conns in (1, 50):
-            results[f"direct c{conns}"] = wrk(target, conns, args.seconds)
+            results[f"direct c{conns}"] = wrk(target, conns, args.seconds, credential=True)
             workers = children(reverse_pid) or [reverse_pid]
             before = sum(cpu_seconds(w) for w in workers)
             r = wrk(f"http://127.0.0.1:{rp_port}/", conns, args.seconds)
@@ -270,8 +283,8 @@ def main() -> int:
         direct_sock = client.wrap_socket(
             socket.create_connection(("127.0.0.1", https_port)), server_hostname="localhost"
         )
-        timed(direct_sock, "localhost", 50)
-        tls_direct = timed(direct_sock, "localhost", args.tls_requests)
+        timed(direct_sock, "localhost", 50, credential=True)
+        tls_direct = timed(direct_sock, "localhost", args.tls_requests, credential=True)
         direct_sock.close()
         sources = {"sesame": REPO}
         if args.baseline:
@@ -284,13 +297,13 @@ def main() -> int:
             client.load_verify_locations(cafile=str(root / "podca" / "sesame-ca-cert.pem"))
             proxies[name] = measure_proxy(pid, listen, target, (client, https_port), args)
 
-    print(f"\n{'run':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}")
+    print(f"\n{'run':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}{'non-2xx':>9}")
     rows = dict(results)
     for name, m in proxies.items():
         rows[f"{name} c1"], rows[f"{name} c50"] = m["c1"], m["c50"]
     for name, r in rows.items():
         cpu = f"{r['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in r else ""
-        print(f"{name:<16}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{cpu:>12}")
+        print(f"{name:<16}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{cpu:>12}{r['non_2xx']:>9}")
     nginx_added_c1 = results["nginx c1"]["p50_us"] - results["direct c1"]["p50_us"]
     summary: dict[str, object] = {
         "nginx_added_p50_ms_c1": round(nginx_added_c1 / 1000, 3),
@@ -301,6 +314,11 @@ def main() -> int:
             "vs_nginx_rps_c50": round(m["c50"]["rps"] / results["nginx c50"]["rps"], 3),
             "vs_direct_rps_c50": round(m["c50"]["rps"] / results["direct c50"]["rps"], 3),
             "added_p50_ms_c1": round((m["c1"]["p50_us"] - results["direct c1"]["p50_us"]) / 1000, 3),
+            "added_p50_over_nginx_ms_c1": round(
+                (m["c1"]["p50_us"] - results["nginx c1"]["p50_us"]) / 1000, 3
+            ),
+            "p99_vs_nginx_c50": round(m["c50"]["p99_us"] / results["nginx c50"]["p99_us"], 2),
+            "non_2xx": m["c1"]["non_2xx"] + m["c50"]["non_2xx"],
             "cpu_ms_per_req_c50": round(m["c50"]["cpu_ms_per_req"], 3),  # ≈ vCPU at 1000 req/s
             "cpu_vs_nginx_c50": round(m["c50"]["cpu_ms_per_req"] / results["nginx c50"]["cpu_ms_per_req"], 2),
             "rss_mb": round(m["rss"]["rss_mb"], 1),
@@ -310,8 +328,8 @@ def main() -> int:
         }
     print("\n" + json.dumps(summary, indent=2))
     print(
-        "targets: vs_nginx >= 0.35; +p50 c1 <= 0.25 ms; <= 0.10 vCPU (ms/req) and <= 40 MB at 1000 req/s; "
-        "HTTPS kept-alive +p50 <= 0.5 ms; new TLS <= 3 ms CPU"
+        "goals: vs_nginx_rps_c50 >= 0.60; cpu_vs_nginx_c50 <= 1.6; added_p50_over_nginx_ms_c1 <= 0.10; "
+        "p99_vs_nginx_c50 <= 1.5; rss_mb <= 30; non_2xx == 0"
     )
     return 0
 
