@@ -64,6 +64,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         envelope=app[ENVELOPE],
         clock=clock,
         max_token_ttl_seconds=settings.max_signed_jwt_ttl_seconds,
+        publication_seconds=settings.key_publication_seconds,
     )
     jwks = JwksVerifier(settings=settings.jwks, clock=clock)
     # One kubernetes client (kubeconfig or in-cluster) for TokenReview and pod binding's pod reads.

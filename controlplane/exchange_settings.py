@@ -15,7 +15,7 @@ from controlplane.attest.attestor import DEFAULT_VERIFIED_CACHE_SECONDS
 from controlplane.attest.identity import DEFAULT_CLUSTER_AUDIENCE
 from controlplane.errors import StartupError
 from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS
-from controlplane.signing_keys import DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
+from controlplane.signing_keys import DEFAULT_KEY_PUBLICATION_SECONDS, DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
 
 __all__ = [
     "DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE",
@@ -39,6 +39,7 @@ ENV_FLAGS = {
     "routes_refresh": "SESAME_ROUTES_REFRESH",
     "attestation_cache": "SESAME_ATTESTATION_CACHE",
     "registry_cache": "SESAME_REGISTRY_CACHE",
+    "key_publication_delay": "SESAME_KEY_PUBLICATION_DELAY",
 }
 
 
@@ -57,6 +58,7 @@ class ExchangeSettings:
     approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS
     routes_refresh_seconds: int = DEFAULT_ROUTES_REFRESH_SECONDS
     max_signed_jwt_ttl_seconds: int = DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
+    key_publication_seconds: float = DEFAULT_KEY_PUBLICATION_SECONDS
     attestation_cache_seconds: float = DEFAULT_VERIFIED_CACHE_SECONDS
     registry_cache_seconds: float = DEFAULT_REGISTRY_CACHE_SECONDS
     jwks: JwksSettings = field(default_factory=JwksSettings)
@@ -68,7 +70,7 @@ class ExchangeSettings:
         for name in ("rate_limit_per_minute", "approval_window_seconds", "routes_refresh_seconds"):
             if getattr(self, name) < 1:
                 raise StartupError(f"{name.replace('_', ' ')} must be at least 1")
-        for name in ("attestation_cache_seconds", "registry_cache_seconds"):
+        for name in ("attestation_cache_seconds", "registry_cache_seconds", "key_publication_seconds"):
             if getattr(self, name) < 0:
                 raise StartupError(f"{name.replace('_', ' ')} must not be negative")
 
@@ -101,6 +103,9 @@ class ExchangeSettings:
             ),
             registry_cache_seconds=_number(
                 float, pick("registry_cache"), DEFAULT_REGISTRY_CACHE_SECONDS, "registry_cache"
+            ),
+            key_publication_seconds=_number(
+                float, pick("key_publication_delay"), DEFAULT_KEY_PUBLICATION_SECONDS, "key_publication_delay"
             ),
             tokenreview=TokenReviewSettings(kubeconfig=pick("kubeconfig"), context=pick("kube_context")),
         )

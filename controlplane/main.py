@@ -62,6 +62,7 @@ _EXCHANGE_FLAGS = (
     ("--routes-refresh", "seconds between proxy route refreshes (default 30)"),
     ("--attestation-cache", "seconds a verified SA token is reused (default 30)"),
     ("--registry-cache", "seconds registry lookups are cached between writes (default 5)"),
+    ("--key-publication-delay", "seconds a rotated signing key is published before it signs (default 0)"),
 )
 
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from controlplane.appkeys import REQUEST_ID
+from controlplane.clock import format_ts
 from controlplane.errors import InvalidRequest, SesameError
 from controlplane.exchange_services import EXCHANGE, SIGNING_KEYS, issuer_url, setup
 from controlplane.http import audit_event, json_response, read_body
@@ -91,8 +92,13 @@ async def openid_configuration(request: web.Request) -> web.Response:
 
 async def rotate_keys(request: web.Request) -> web.Response:
     key, retired = await request.app[SIGNING_KEYS].rotate()
-    await audit_event(request, type="signing_key.rotated", extra={"kid": key.kid, "retired": retired})
-    return json_response({"kid": key.kid, "retired": retired})
+    active_from = format_ts(key.active_from)
+    await audit_event(
+        request,
+        type="signing_key.rotated",
+        extra={"kid": key.kid, "retired": retired, "active_from": active_from},
+    )
+    return json_response({"kid": key.kid, "retired": retired, "active_from": active_from})
 
 
 _EXCHANGE_DOC = {

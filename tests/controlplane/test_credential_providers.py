@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import jwt
 import pytest
@@ -19,6 +20,8 @@ from controlplane.providers import (
     UpstreamMintFailed,
 )
 from controlplane.signing_keys import SigningKeys, StoredSigningKey
+from controlplane.store import open_store
+from controlplane.store.sql.exchange import SqlExchange
 from tests.controlplane.exchange_support import CLIENT_ID, CLIENT_SECRET, serve_token_endpoint
 
 IDENTITY = Identity(cluster="prod", namespace="shop", service_account="checkout", pod_name="p", pod_uid="u")
@@ -125,34 +128,29 @@ async def test_oauth2_untrusted_certificate_is_refused(oauth2, token_endpoint) -
     assert token_endpoint.calls == []
 
 
-class MemoryKeyStore:
-    """In-memory SigningKeyStore; the SQLite one is exercised through the app's tests."""
-
-    def __init__(self) -> None:
-        self.rows: list[StoredSigningKey] = []
-
-    async def list_signing_keys(self) -> list[StoredSigningKey]:
-        return list(self.rows)
-
-    async def add_signing_key(self, key: StoredSigningKey, *, retire_others_at: float | None) -> None:
-        if retire_others_at is not None:
-            self.rows = [
-                StoredSigningKey(**{**r.__dict__, "retired_at": r.retired_at or retire_others_at})
-                for r in self.rows
-            ]
-        self.rows.append(key)
+@pytest.fixture
+async def key_store(tmp_path) -> AsyncIterator[SqlExchange]:
+    """The signing keys' real store: a SQLite file."""
+    store = await open_store(tmp_path / "keys.db")
+    try:
+        yield SqlExchange(store.db)
+    finally:
+        await store.close()
 
 
-async def test_signed_jwt_verifies_against_the_jwks_across_rotation() -> None:
+async def stored_keys(key_store: SqlExchange) -> list[StoredSigningKey]:
+    return await key_store.list_signing_keys(retired_after=float("-inf"))
+
+
+async def test_signed_jwt_verifies_against_the_jwks_across_rotation(key_store) -> None:
     clock = FakeClock()
-    store = MemoryKeyStore()
     keys = SigningKeys(
-        store=store, envelope=Envelope.from_keys(os.urandom(32)), clock=clock, max_token_ttl_seconds=600
+        store=key_store, envelope=Envelope.from_keys(os.urandom(32)), clock=clock, max_token_ttl_seconds=600
     )
     provider = SignedJwtProvider(keys=keys, issuer_url="https://cp.example/", clock=clock)
     old = await provider.issue(request(ttl=900))
     assert old.expires_in == 600 and old.issued_token_type == "urn:ietf:params:oauth:token-type:jwt"
-    assert b"PRIVATE KEY" not in store.rows[0].sealed_private_key
+    assert b"PRIVATE KEY" not in (await stored_keys(key_store))[0].sealed_private_key
     await keys.rotate()
     new = await provider.issue(request(ttl=60))
     jwks = jwt.PyJWKSet.from_dict(await keys.jwks())
@@ -175,9 +173,9 @@ async def test_signed_jwt_verifies_against_the_jwks_across_rotation() -> None:
     ]
 
 
-async def test_signing_keys_are_shared_through_the_store() -> None:
-    store, envelope, clock = MemoryKeyStore(), Envelope.from_keys(os.urandom(32)), FakeClock()
-    first = SigningKeys(store=store, envelope=envelope, clock=clock)
-    second = SigningKeys(store=store, envelope=envelope, clock=clock)
+async def test_signing_keys_are_shared_through_the_store(key_store) -> None:
+    envelope, clock = Envelope.from_keys(os.urandom(32)), FakeClock()
+    first = SigningKeys(store=key_store, envelope=envelope, clock=clock)
+    second = SigningKeys(store=key_store, envelope=envelope, clock=clock)
     assert (await first.signer()).kid == (await second.signer()).kid
-    assert len(store.rows) == 1
+    assert len(await stored_keys(key_store)) == 1

@@ -32,6 +32,7 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
                 "SESAME_ROUTES_REFRESH": "10",
                 "SESAME_ATTESTATION_CACHE": "0",
                 "SESAME_REGISTRY_CACHE": "2.5",
+                "SESAME_KEY_PUBLICATION_DELAY": "90",
                 "SESAME_AUDIENCE": "sesame-prod",
             },
             ExchangeSettings(
@@ -42,6 +43,7 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
                 routes_refresh_seconds=10,
                 attestation_cache_seconds=0,
                 registry_cache_seconds=2.5,
+                key_publication_seconds=90,
                 tokenreview=TokenReviewSettings(kubeconfig="/etc/kube/config", context="prod"),
             ),
         ),
@@ -68,6 +70,7 @@ def test_exchange_settings_are_built_from_flags_over_env_over_defaults(flags, en
         ({"SESAME_EXCHANGE_RATE_LIMIT": "0"}, "rate limit per minute must be at least 1"),
         ({"SESAME_ISSUER_URL": "sesame.example"}, r"issuer URL must be an http\(s\) URL"),
         ({"SESAME_REGISTRY_CACHE": "-1"}, "registry cache seconds must not be negative"),
+        ({"SESAME_KEY_PUBLICATION_DELAY": "-1"}, "key publication seconds must not be negative"),
     ],
 )
 def test_invalid_exchange_settings_refuse_to_start(env, message) -> None:

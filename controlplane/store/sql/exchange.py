@@ -10,7 +10,7 @@ from controlplane.errors import Conflict
 from controlplane.ids import new_id
 from controlplane.pagination import Page
 from controlplane.signing_keys import StoredSigningKey
-from controlplane.store.sql.database import Database
+from controlplane.store.sql.database import Database, Transaction, UniqueViolation
 
 __all__ = ["SqlExchange"]
 
@@ -27,6 +27,19 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+
+
+class _KeySetChanged(Exception):
+    """A signing-key write found the set changed since it was read: roll back, the caller re-reads."""
+
+
+async def _retire(tx: Transaction, kid: str, *, at: float) -> None:
+    cur = await tx.execute(
+        "UPDATE signing_keys SET state = 'retired', retired_at = ? WHERE kid = ? AND state = 'active'",
+        (at, kid),
+    )
+    if cur.rowcount != 1:
+        raise _KeySetChanged
 
 
 class SqlExchange:
@@ -92,30 +105,58 @@ class SqlExchange:
         return None if row is None else (_record(row), row["secret"])
 
     # signing keys (SigningKeyStore) ------------------------------------------------------------
-    async def list_signing_keys(self) -> list[StoredSigningKey]:
+    async def list_signing_keys(self, *, retired_after: float) -> list[StoredSigningKey]:
         rows = await self._db.fetchall(
-            "SELECT kid, created_at, retired_at, private_key FROM signing_keys ORDER BY created_at"
+            "SELECT kid, state, created_at, active_from, retired_at, private_key FROM signing_keys "
+            "WHERE state <> 'retired' OR retired_at > ? ORDER BY created_at, kid",
+            (retired_after,),
         )
         return [
             StoredSigningKey(
                 kid=r["kid"],
+                state=r["state"],
                 created_at=r["created_at"],
+                active_from=r["active_from"],
                 retired_at=r["retired_at"],
                 sealed_private_key=r["private_key"],
             )
             for r in rows
         ]
 
-    async def add_signing_key(self, key: StoredSigningKey, *, retire_others_at: float | None) -> None:
-        async with self._db.write() as conn:
-            if retire_others_at is not None:
-                await conn.execute(
-                    "UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL", (retire_others_at,)
+    async def add_signing_key(self, key: StoredSigningKey, *, retire: str | None) -> bool:
+        try:
+            async with self._db.write() as tx:
+                if retire is not None:
+                    await _retire(tx, retire, at=key.active_from)
+                await tx.execute(
+                    "INSERT INTO signing_keys (kid, state, created_at, active_from, retired_at, private_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        key.kid,
+                        key.state,
+                        key.created_at,
+                        key.active_from,
+                        key.retired_at,
+                        key.sealed_private_key,
+                    ),
                 )
-            await conn.execute(
-                "INSERT INTO signing_keys (kid, created_at, retired_at, private_key) VALUES (?, ?, ?, ?)",
-                (key.kid, key.created_at, key.retired_at, key.sealed_private_key),
-            )
+        except (_KeySetChanged, UniqueViolation):  # another replica created or rotated first
+            return False
+        return True
+
+    async def promote_signing_key(self, kid: str, *, retire: str | None, at: float) -> bool:
+        try:
+            async with self._db.write() as tx:
+                if retire is not None:
+                    await _retire(tx, retire, at=at)
+                cur = await tx.execute(
+                    "UPDATE signing_keys SET state = 'active' WHERE kid = ? AND state = 'next'", (kid,)
+                )
+                if cur.rowcount != 1:
+                    raise _KeySetChanged
+        except (_KeySetChanged, UniqueViolation):  # another replica promoted first
+            return False
+        return True
 
     # approvals ---------------------------------------------------------------------------------
     async def approvals_for(

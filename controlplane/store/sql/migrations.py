@@ -139,6 +139,24 @@ _REGISTRY_VERSIONS = "\n".join(
     for table in ("workloads", "clusters", "targets", "credential_providers", "policies")
 )
 
+# Signing keys move next -> active -> retired; one active and at most one next key (controlplane/
+# signing_keys.py). Before this, the newest unretired key signed and each replica re-read the set
+# every 30 s: the newest unretired key becomes the active one, and every other key stays published
+# 30 s longer than before, covering tokens a replica signed with it before it noticed.
+_SIGNING_KEY_STATES = """
+ALTER TABLE signing_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'retired';
+ALTER TABLE signing_keys ADD COLUMN active_from REAL;
+UPDATE signing_keys SET active_from = created_at;
+UPDATE signing_keys SET state = 'active' WHERE kid = (
+    SELECT kid FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid DESC LIMIT 1
+);
+UPDATE signing_keys SET retired_at = (SELECT max(created_at) FROM signing_keys)
+    WHERE state = 'retired' AND retired_at IS NULL;
+UPDATE signing_keys SET retired_at = retired_at + 30 WHERE state = 'retired';
+CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys(state) WHERE state = 'active';
+CREATE UNIQUE INDEX signing_keys_one_next ON signing_keys(state) WHERE state = 'next';
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
     Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
@@ -146,7 +164,8 @@ MIGRATIONS: list[Migration] = [
     # Replicas bootstrapping the same key at once: the second insert fails instead of duplicating it.
     Migration(4, "api key hashes are unique", "CREATE UNIQUE INDEX api_keys_hash ON api_keys(key_hash);"),
     Migration(5, "registry record versions", _REGISTRY_VERSIONS),
-    # Append Migration(6, ...) here.
+    Migration(6, "signing key lifecycle: next, active, retired", _SIGNING_KEY_STATES),
+    # Append Migration(7, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.
