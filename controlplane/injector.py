@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controlplane.errors import InvalidRequest
+from controlplane.injector_mesh import Mesh, detect_meshes, mesh_init_end
 from controlplane.injector_spec import (
     ANNOTATION_PREFIX,
     INIT_NAME,
@@ -24,6 +25,7 @@ from controlplane.injector_spec import (
     Resources,
     explicit_env,
     init_container,
+    invalid_cidrs,
     proxy_container,
     trust_env,
     valid_quantity,
@@ -237,8 +239,23 @@ def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[d
     if mode not in ("transparent", "explicit"):
         raise InjectionProblem(f'annotation {A_MODE} must be "transparent" or "explicit", got {mode!r}')
     native = _bool(annotations, A_NATIVE, settings.native_sidecar)
+    if not native and _runs_to_completion(pod):
+        problem = (
+            "a Job's pod would get a classic sidecar, which never exits, so the Job never completes; "
+            f'use a native sidecar ({A_NATIVE}: "true", Kubernetes >= 1.29)'
+        )
+        if settings.strict:
+            raise InjectionProblem(problem)
+        warnings.append(f"sesame: {problem}")
+    if mode == "transparent" and (spec.get("securityContext") or {}).get("runAsNonRoot") is True:
+        warnings.append(
+            "sesame: the pod asks runAsNonRoot, but transparent mode's sesame-init runs as root with "
+            'NET_ADMIN, which Pod Security "restricted" refuses; use sesame.dev/mode: explicit there'
+        )
+    meshes = detect_meshes(pod)
+    warnings += [_mesh_check(mesh, settings) for mesh in meshes]
     resources = _resources(annotations, settings.resources)
-    exclude_cidrs = settings.exclude_cidrs + _items(annotations, A_EXCLUDE_CIDRS)
+    exclude_cidrs = settings.exclude_cidrs + _cidrs(annotations)
     exclude_ports = settings.exclude_ports + _ports(annotations)
     env = dict(trust_env(settings))
     if mode == "explicit":
@@ -254,15 +271,19 @@ def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[d
 
     # 2. volumes, 3. the init container and the proxy, 4. the status annotation.
     ops += _append_ops(spec, "volumes", "/spec/volumes", volumes(settings))
-    init = init_container(settings, mode=mode, exclude_cidrs=exclude_cidrs, exclude_ports=exclude_ports)
+    uids = tuple(dict.fromkeys((*settings.exclude_uids, *(m.uid for m in meshes))))  # a mesh's, always
+    init = init_container(
+        settings, mode=mode, exclude_cidrs=exclude_cidrs, exclude_ports=exclude_ports, exclude_uids=uids
+    )
     proxy = proxy_container(settings, mode=mode, resources=resources, native=native)
     if not inits:
         value = [init, proxy] if native else [init]
         ops.append({"op": "add", "path": "/spec/initContainers", "value": value})
     else:
-        ops.append({"op": "add", "path": "/spec/initContainers/0", "value": init})
+        at = mesh_init_end(inits, meshes)  # after a mesh's init containers, before the app's
+        ops.append({"op": "add", "path": f"/spec/initContainers/{at}", "value": init})
         if native:
-            ops.append({"op": "add", "path": "/spec/initContainers/1", "value": proxy})
+            ops.append({"op": "add", "path": f"/spec/initContainers/{at + 1}", "value": proxy})
     if not native:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": proxy})
     if "annotations" not in (pod.get("metadata") or {}) or pod["metadata"]["annotations"] is None:
@@ -304,6 +325,29 @@ def _container_ops(
     return ops
 
 
+def _runs_to_completion(pod: dict[str, Any]) -> bool:
+    """A Job's pod (owned by a Job, or restartPolicy Never/OnFailure): it must exit to complete."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    if any(isinstance(o, dict) and o.get("kind") == "Job" for o in owners):
+        return True
+    return pod["spec"].get("restartPolicy") in ("Never", "OnFailure")
+
+
+def _mesh_check(mesh: Mesh, settings: InjectorSettings) -> str:
+    """Refuse a port or UID the mesh already uses; else the warning naming the ordering rule."""
+    clash = sorted({settings.proxy_port, settings.admin_port} & mesh.ports)
+    if clash:
+        raise InjectionProblem(
+            f"sesame's port {clash[0]} is also {mesh.name}'s; set injector.proxyPort/adminPort to free ports"
+        )
+    if settings.proxy_uid == mesh.uid:
+        raise InjectionProblem(f"sesame's proxy UID {mesh.uid} is also {mesh.name}'s; set injector.proxyUID")
+    return (
+        f"pod carries {mesh.name}: sesame runs after {mesh.name}'s init containers; the app's traffic goes "
+        f"to sesame, sesame's upstream traffic through {mesh.name} (docs/kubernetes.md, Service meshes)"
+    )
+
+
 def _append_ops(obj: dict[str, Any], key: str, path: str, values: list[Any]) -> list[dict[str, Any]]:
     if not values:
         return []
@@ -321,6 +365,14 @@ def _list(obj: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 def _items(annotations: dict[str, str], key: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in str(annotations.get(key, "")).split(",") if p.strip())
+
+
+def _cidrs(annotations: dict[str, str]) -> tuple[str, ...]:
+    cidrs = _items(annotations, A_EXCLUDE_CIDRS)
+    bad = invalid_cidrs(cidrs)
+    if bad:
+        raise InjectionProblem(f"annotation {A_EXCLUDE_CIDRS} must list CIDRs, got {', '.join(bad)}")
+    return cidrs
 
 
 def _bool(annotations: dict[str, str], key: str, default: bool) -> bool:

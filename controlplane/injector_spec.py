@@ -6,6 +6,7 @@ JSONPatch live in `controlplane.injector`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,7 +43,11 @@ CA_DIR = "/var/run/sesame/ca"
 TRUST_DIR = "/var/run/sesame/trust"
 TRUST_BUNDLE = f"{TRUST_DIR}/ca-bundle.pem"
 TRUST_STORE = f"{TRUST_DIR}/truststore.p12"
-PROXY_PORT, ADMIN_PORT, PROXY_UID = 15001, 15020, 1337
+# Clear of the meshes a pod may also carry: Istio (outbound 15001, inbound 15006, admin 15000,
+# merged metrics 15020, health 15021, Envoy stats 15090, UID 1337) and Linkerd (4140, 4143, 4190,
+# 4191, UID 2102). All three are settings (chart values injector.proxyPort/adminPort/proxyUID).
+DEFAULT_PROXY_PORT, DEFAULT_ADMIN_PORT, DEFAULT_PROXY_UID = 16001, 16020, 16001
+DEFAULT_EXCLUDE_UIDS = (1337, 2102)  # Istio's and Linkerd's proxies
 
 DEFAULT_PROXY_IMAGE = "ghcr.io/sesame-dev/sesame-proxy:0.1.0"
 DEFAULT_CONTROL_PLANE_URL = "https://sesame.sesame-system.svc:443"
@@ -50,6 +55,8 @@ DEFAULT_AUDIENCE = "sesame"
 DEFAULT_TOKEN_EXPIRATION = 3600
 DEFAULT_TRUSTSTORE_PASSWORD = "changeit"  # a public trust store; the password is not a secret
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1")
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 _QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
 
@@ -57,6 +64,17 @@ _QUANTITY = re.compile(r"^(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+
 def valid_quantity(text: str) -> bool:
     """A non-negative Kubernetes resource quantity (``100m``, ``64Mi``, ``0.5``)."""
     return bool(_QUANTITY.match(text))
+
+
+def invalid_cidrs(items: tuple[str, ...]) -> list[str]:
+    """The entries of ``items`` that are not an IPv4/IPv6 address or CIDR (``10.0.0.0/33``, ``x``)."""
+    bad = []
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            bad.append(item)
+    return bad
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +110,11 @@ class InjectorSettings:
     # Dual-stack clusters: transparent pods also redirect IPv6 (the proxy listens on [::1] too).
     ipv6: bool = False
     no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
+    proxy_port: int = DEFAULT_PROXY_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    proxy_uid: int = DEFAULT_PROXY_UID
+    # Never redirected: the meshes' proxies (Istio, Linkerd), which must reach the network directly.
+    exclude_uids: tuple[int, ...] = DEFAULT_EXCLUDE_UIDS
     truststore_password: str = DEFAULT_TRUSTSTORE_PASSWORD
     # PEM of the CA that signed the control plane's serving certificate (the chart's webhook CA),
     # handed to the proxy as SESAME_CONTROL_PLANE_CA; empty: the proxy uses the system roots.
@@ -108,6 +131,18 @@ class InjectorSettings:
             value = getattr(self.resources, name)
             if value and not valid_quantity(value):
                 raise StartupError(f"SESAME_INJECTOR_PROXY_{name.upper()} is not a quantity: {value!r}")
+        bad = invalid_cidrs(self.exclude_cidrs)
+        if bad:
+            raise StartupError(f"SESAME_INJECTOR_EXCLUDE_CIDRS: not a CIDR: {', '.join(bad)}")
+        for name in ("proxy_port", "admin_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise StartupError(f"SESAME_INJECTOR_{name.upper()} must be a TCP port")
+        if self.proxy_port == self.admin_port:
+            raise StartupError("SESAME_INJECTOR_PROXY_PORT and SESAME_INJECTOR_ADMIN_PORT must differ")
+        if not 0 < self.proxy_uid < 2**31:
+            raise StartupError("SESAME_INJECTOR_PROXY_UID must be a non-root UID")
+        if self.proxy_uid in self.exclude_uids or not all(0 < u < 2**31 for u in self.exclude_uids):
+            raise StartupError("SESAME_INJECTOR_EXCLUDE_UIDS must list non-root UIDs other than the proxy's")
 
     @classmethod
     def build(cls, env: Mapping[str, str], *, audience: str | None = None) -> InjectorSettings:
@@ -130,6 +165,11 @@ class InjectorSettings:
         try:
             ports = tuple(int(p) for p in items("EXCLUDE_PORTS"))
             expiration = int(get("TOKEN_EXPIRATION", str(DEFAULT_TOKEN_EXPIRATION)))
+            proxy_port = int(get("PROXY_PORT", str(DEFAULT_PROXY_PORT)))
+            admin_port = int(get("ADMIN_PORT", str(DEFAULT_ADMIN_PORT)))
+            proxy_uid = int(get("PROXY_UID", str(DEFAULT_PROXY_UID)))
+            uids = items("EXCLUDE_UIDS") if "SESAME_INJECTOR_EXCLUDE_UIDS" in env else DEFAULT_EXCLUDE_UIDS
+            exclude_uids = tuple(int(u) for u in uids)
         except ValueError as exc:
             raise StartupError(f"SESAME_INJECTOR_* integer setting: {exc}") from None
         return cls(
@@ -151,6 +191,10 @@ class InjectorSettings:
             exclude_ports=ports,
             ipv6=flag("IPV6", False),
             no_proxy=items("NO_PROXY") or DEFAULT_NO_PROXY,
+            proxy_port=proxy_port,
+            admin_port=admin_port,
+            proxy_uid=proxy_uid,
+            exclude_uids=exclude_uids,
             truststore_password=get("TRUSTSTORE_PASSWORD", DEFAULT_TRUSTSTORE_PASSWORD),
             control_plane_ca=get("CONTROL_PLANE_CA", "").strip(),
         )
@@ -173,19 +217,26 @@ def _security_context(*, uid: int, caps: tuple[str, ...] = ()) -> dict[str, Any]
 
 
 def init_container(
-    settings: InjectorSettings, *, mode: str, exclude_cidrs: tuple[str, ...], exclude_ports: tuple[int, ...]
+    settings: InjectorSettings,
+    *,
+    mode: str,
+    exclude_cidrs: tuple[str, ...],
+    exclude_ports: tuple[int, ...],
+    exclude_uids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """``sesame-init``: REDIRECT rules (transparent: root + NET_ADMIN/NET_RAW/CHOWN) and the pod CA."""
     transparent = mode == "transparent"
     args = [
         "init",
         f"--mode={mode}",
-        f"--proxy-port={PROXY_PORT}",
-        f"--proxy-uid={PROXY_UID}",
+        f"--proxy-port={settings.proxy_port}",
+        f"--proxy-uid={settings.proxy_uid}",
         f"--ca-dir={CA_DIR}",
         f"--trust-dir={TRUST_DIR}",
         f"--control-plane={settings.control_plane_url}",
     ]
+    if exclude_uids:
+        args.append(f"--exclude-uids={','.join(str(u) for u in exclude_uids)}")
     if exclude_cidrs:
         args.append(f"--exclude-cidrs={','.join(exclude_cidrs)}")
     if exclude_ports:
@@ -201,7 +252,7 @@ def init_container(
         "command": ["sesame-proxy"],
         "args": args,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": _security_context(uid=0 if transparent else PROXY_UID, caps=caps),
+        "securityContext": _security_context(uid=0 if transparent else settings.proxy_uid, caps=caps),
         "volumeMounts": [
             {"name": CA_VOLUME, "mountPath": CA_DIR},
             {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
@@ -213,10 +264,10 @@ def proxy_env(settings: InjectorSettings, *, mode: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "SESAME_CONTROL_PLANE", "value": settings.control_plane_url},
         {"name": "SESAME_TOKEN_FILE", "value": TOKEN_PATH},
-        {"name": "SESAME_LISTEN", "value": f"127.0.0.1:{PROXY_PORT}"},
+        {"name": "SESAME_LISTEN", "value": f"127.0.0.1:{settings.proxy_port}"},
         {"name": "SESAME_MODE", "value": mode},
         # kubelet probes come from the node, so the admin port listens on the pod IP too.
-        {"name": "SESAME_ADMIN", "value": f"0.0.0.0:{ADMIN_PORT}"},
+        {"name": "SESAME_ADMIN", "value": f"0.0.0.0:{settings.admin_port}"},
         {"name": "SESAME_CA_DIR", "value": CA_DIR},
         {"name": "SESAME_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
@@ -230,7 +281,7 @@ def proxy_container(
 ) -> dict[str, Any]:
     """The proxy, as a native sidecar (``restartPolicy: Always`` init container) or a classic one."""
     probe = {
-        "httpGet": {"path": "/readyz", "port": ADMIN_PORT},
+        "httpGet": {"path": "/readyz", "port": settings.admin_port},
         "periodSeconds": 1,
         "failureThreshold": 60,
         "timeoutSeconds": 2,
@@ -242,11 +293,11 @@ def proxy_container(
         "command": ["sesame-proxy"],
         "args": ["run"],
         "env": proxy_env(settings, mode=mode),
-        "ports": [{"name": "sesame-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "sesame-admin", "containerPort": settings.admin_port, "protocol": "TCP"}],
         "resources": resources.spec(),
-        "securityContext": _security_context(uid=PROXY_UID),
+        "securityContext": _security_context(uid=settings.proxy_uid),
         "startupProbe": probe,
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": settings.admin_port}, "periodSeconds": 10},
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": CA_VOLUME, "mountPath": CA_DIR},
@@ -287,7 +338,7 @@ def trust_env(settings: InjectorSettings) -> dict[str, str]:
 
 def explicit_env(settings: InjectorSettings) -> dict[str, str]:
     """HTTP(S)_PROXY/NO_PROXY in both spellings for ``sesame.dev/mode: explicit``."""
-    url = f"http://127.0.0.1:{PROXY_PORT}"
+    url = f"http://127.0.0.1:{settings.proxy_port}"
     no_proxy = ",".join(settings.no_proxy)
     env: dict[str, str] = {}
     for name, value in (("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("NO_PROXY", no_proxy)):

@@ -60,6 +60,7 @@ class InitSettings:
             redirect = RedirectSettings(
                 proxy_port=int(ns.proxy_port),
                 proxy_uid=int(ns.proxy_uid),
+                exclude_uids=tuple(int(u) for u in _items(ns.exclude_uids)),
                 exclude_cidrs=_items(ns.exclude_cidrs),
                 exclude_ports=ports,
                 ipv6=str(ns.ipv6).lower() in ("1", "true", "yes"),
@@ -90,6 +91,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     flag("mode", "transparent", "transparent (install REDIRECT rules) or explicit (CA only)")
     flag("proxy-port", DEFAULT_PROXY_PORT, "port the proxy listens on (127.0.0.1)")
     flag("proxy-uid", DEFAULT_PROXY_UID, "UID of the proxy: its traffic is never redirected")
+    flag("exclude-uids", "", "comma-separated UIDs never redirected (a service mesh's proxy)")
     flag("exclude-cidrs", "", "comma-separated destination CIDRs never redirected")
     flag("exclude-ports", "", "comma-separated destination TCP ports never redirected")
     flag("control-plane", "", "control plane URL: its addresses are never redirected")

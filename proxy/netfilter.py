@@ -3,7 +3,8 @@
 Locally generated TCP is sent to the proxy port by the nat OUTPUT hook, except traffic of the
 proxy's own UID (no loop), loopback, and the excluded CIDRs/ports (e.g. the control plane).
 Two backends render the same rules: ``nft`` (one ``nft -f`` script, atomic) and ``iptables``
-(``iptables-restore --noflush`` input plus one jump from OUTPUT).
+(``iptables-restore --noflush`` input plus one jump inserted first in OUTPUT). Either way they run
+before a service mesh's nat OUTPUT rules (see controlplane.injector_mesh for the ordering rule).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from proxy.config import DEFAULT_LISTEN
 from proxy.errors import ProxyError
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_NFT_TABLE",
     "DEFAULT_PROXY_PORT",
     "DEFAULT_PROXY_UID",
+    "NFT_PRIORITY",
     "Backend",
     "NetfilterError",
     "RedirectSettings",
@@ -37,8 +40,11 @@ __all__ = [
 Backend = Literal["nft", "iptables"]
 BACKENDS: tuple[str, ...] = ("auto", "nft", "iptables")
 
-DEFAULT_PROXY_PORT = 15001
-DEFAULT_PROXY_UID = 1337
+DEFAULT_PROXY_PORT = DEFAULT_LISTEN[1]  # the proxy's own default listen port
+DEFAULT_PROXY_UID = 16001  # not Istio's 1337 nor Linkerd's 2102 (the image's USER)
+# Before iptables' nat OUTPUT (-100, where Istio's and Linkerd's rules live): Sesame's REDIRECT sees
+# the app's connections first; the mesh still sees Sesame's upstream traffic (our RETURN by UID).
+NFT_PRIORITY = -110
 DEFAULT_CHAIN = "SESAME_OUTPUT"
 DEFAULT_NFT_TABLE = "sesame"
 _LOOPBACK_V4 = "127.0.0.0/8"
@@ -64,6 +70,9 @@ class RedirectSettings:
 
     proxy_port: int = DEFAULT_PROXY_PORT
     proxy_uid: int = DEFAULT_PROXY_UID
+    # Other UIDs never redirected: a service mesh's proxy (Istio 1337, Linkerd 2102), whose own
+    # upstream connections must leave the pod rather than loop back through Sesame.
+    exclude_uids: tuple[int, ...] = ()
     exclude_cidrs: tuple[str, ...] = ()
     exclude_ports: tuple[int, ...] = ()
     ipv6: bool = False
@@ -74,8 +83,9 @@ class RedirectSettings:
         _check_port(self.proxy_port, "proxy_port")
         for port in self.exclude_ports:
             _check_port(port, "exclude_ports")
-        if not 0 <= self.proxy_uid < 2**32:
-            raise NetfilterError(f"proxy_uid out of range: {self.proxy_uid}")
+        for field, uids in (("proxy_uid", (self.proxy_uid,)), ("exclude_uids", self.exclude_uids)):
+            if not all(isinstance(uid, int) and 0 <= uid < 2**32 for uid in uids):
+                raise NetfilterError(f"{field} out of range: {uids!r}")
         for cidr in self.exclude_cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -112,6 +122,7 @@ def render_iptables(settings: RedirectSettings, *, version: int = 4) -> str:
         "*nat",
         f":{chain} - [0:0]",
         f"-A {chain} -m owner --uid-owner {settings.proxy_uid} -j RETURN",
+        *(f"-A {chain} -m owner --uid-owner {uid} -j RETURN" for uid in settings.exclude_uids),
         f"-A {chain} -o lo -j RETURN",
         f"-A {chain} -d {loopback} -j RETURN",
     ]
@@ -138,8 +149,10 @@ def render_nft(settings: RedirectSettings) -> str:
     """An ``nft -f`` script: (re)creates table ``sesame`` atomically, touching nothing else."""
     family = _nft_family(settings)
     table, chain = settings.nft_table, settings.chain
-    rules = [
-        f"meta skuid {settings.proxy_uid} return",
+    rules = [f"meta skuid {settings.proxy_uid} return"]
+    if settings.exclude_uids:
+        rules.append(f"meta skuid {{ {', '.join(str(u) for u in settings.exclude_uids)} }} return")
+    rules += [
         'oifname "lo" return',
         f"ip daddr {_LOOPBACK_V4} return",
     ]
@@ -159,7 +172,7 @@ def render_nft(settings: RedirectSettings) -> str:
         f"delete table {family} {table}\n"
         f"table {family} {table} {{\n"
         f"\tchain output {{\n"
-        f"\t\ttype nat hook output priority -100; policy accept;\n"
+        f"\t\ttype nat hook output priority {NFT_PRIORITY}; policy accept;\n"
         f"\t\tmeta l4proto tcp jump {chain}\n"
         f"\t}}\n"
         f"\tchain {chain} {{\n"
@@ -230,7 +243,7 @@ def apply_rules(
         call([_ipt(version, "-restore"), "--noflush"], stdin=render_iptables(settings, version=version))
         present = call([_ipt(version), "-t", "nat", "-C", "OUTPUT", *jump], check=False)
         if present.returncode != 0:
-            call([_ipt(version), "-t", "nat", "-A", "OUTPUT", *jump])
+            call([_ipt(version), "-t", "nat", "-I", "OUTPUT", "1", *jump])
     return chosen
 
 

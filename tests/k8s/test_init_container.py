@@ -217,7 +217,7 @@ def test_the_webhooks_init_container_args_parse_as_intended(mode):
     assert spec["command"] == ["sesame-proxy"] and spec["args"][0] == "init"
     settings = settings_of(spec["args"][1:])
     assert settings.mode == mode and settings.backend == "auto"
-    assert settings.redirect.proxy_port == 15001 and settings.redirect.proxy_uid == 1337
+    assert settings.redirect.proxy_port == 16001 and settings.redirect.proxy_uid == 16001
     assert settings.redirect.exclude_cidrs == ("10.96.0.0/12",) and settings.redirect.exclude_ports == (5432,)
     assert settings.control_plane == "https://sesame.sesame-system.svc:443"
     mounts = {m["mountPath"] for m in spec["volumeMounts"]}

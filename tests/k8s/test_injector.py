@@ -49,9 +49,9 @@ def test_deployment_pod_gets_init_container_native_sidecar_volumes_and_trust_env
     assert init["securityContext"]["runAsUser"] == 0
     assert set(init["securityContext"]["capabilities"]["add"]) >= {"NET_ADMIN", "NET_RAW"}
     assert proxy["restartPolicy"] == "Always"
-    assert proxy["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 15020}
+    assert proxy["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 16020}
     sc = proxy["securityContext"]
-    assert (sc["runAsUser"], sc["runAsNonRoot"], sc["readOnlyRootFilesystem"]) == (1337, True, True)
+    assert (sc["runAsUser"], sc["runAsNonRoot"], sc["readOnlyRootFilesystem"]) == (16001, True, True)
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert env_of(proxy)["SESAME_TOKEN_FILE"] == "/var/run/secrets/sesame/token"
     assert env_of(proxy)["SESAME_CONTROL_PLANE"] == "https://sesame.sesame-system.svc:443"
@@ -139,12 +139,12 @@ def test_explicit_mode_sets_proxy_env_and_needs_no_net_admin():
     result = patched(doc, run(doc)[0])
     env = env_of(container(result, "app"))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        assert env[name] == "http://127.0.0.1:15001"
+        assert env[name] == "http://127.0.0.1:16001"
     assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1"
     assert env["SSL_CERT_FILE"] == BUNDLE
     init = container(result, "sesame-init")
     assert "--mode=explicit" in init["args"]
-    assert init["securityContext"]["runAsUser"] == 1337
+    assert init["securityContext"]["runAsUser"] == 16001
     assert "add" not in init["securityContext"]["capabilities"]
     assert env_of(container(result, "sesame-proxy"))["SESAME_MODE"] == "explicit"
 

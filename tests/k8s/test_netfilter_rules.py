@@ -21,7 +21,7 @@ def test_iptables_rules_return_for_proxy_uid_loopback_and_exclusions_before_redi
     lines = render_iptables(settings).splitlines()
     assert lines[:2] == ["*nat", ":SESAME_OUTPUT - [0:0]"]
     assert lines[2:-1] == [
-        "-A SESAME_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A SESAME_OUTPUT -m owner --uid-owner 16001 -j RETURN",
         "-A SESAME_OUTPUT -o lo -j RETURN",
         "-A SESAME_OUTPUT -d 127.0.0.0/8 -j RETURN",
         "-A SESAME_OUTPUT -d 10.96.0.10/32 -j RETURN",
@@ -45,7 +45,7 @@ def test_nft_script_recreates_only_its_own_table_atomically():
     settings = RedirectSettings(exclude_cidrs=("10.96.0.10",), exclude_ports=(15020, 8443), proxy_uid=4242)
     script = render_nft(settings)
     assert script.startswith("table ip sesame\ndelete table ip sesame\ntable ip sesame {\n")
-    assert "type nat hook output priority -100; policy accept;" in script
+    assert "type nat hook output priority -110; policy accept;" in script
     assert "meta l4proto tcp jump SESAME_OUTPUT" in script
     body = script.split("chain SESAME_OUTPUT {")[1]
     rules = [line.strip() for line in body.splitlines() if line.strip() and line.strip() != "}"]
@@ -110,6 +110,7 @@ def test_failing_command_raises_with_its_stderr():
 
 @pytest.mark.parametrize(("jump_present", "appended"), [(True, False), (False, True)])
 def test_iptables_apply_adds_the_output_jump_only_when_missing(jump_present, appended):
+    """The jump is inserted first in OUTPUT, ahead of a service mesh's (see test_mesh_coexistence)."""
     calls: list[list[str]] = []
 
     def run(argv, **kwargs):
@@ -128,11 +129,24 @@ def test_iptables_apply_adds_the_output_jump_only_when_missing(jump_present, app
         "iptables",
         "-t",
         "nat",
-        "-A",
+        "-I",
         "OUTPUT",
+        "1",
         "-p",
         "tcp",
         "-j",
         "SESAME_OUTPUT",
     ]
     assert (append in calls) is appended
+
+
+def test_excluded_uids_return_before_the_redirect_in_both_backends():
+    settings = RedirectSettings(proxy_uid=16001, exclude_uids=(1337, 2102))
+    lines = render_iptables(settings).splitlines()
+    assert lines[3:5] == [
+        "-A SESAME_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A SESAME_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+    ]
+    assert "meta skuid { 1337, 2102 } return" in render_nft(settings)
+    with pytest.raises(NetfilterError, match="exclude_uids"):
+        RedirectSettings(exclude_uids=(-5,))

@@ -106,6 +106,9 @@ app.kubernetes.io/component: control-plane
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if eq (int .Values.injector.proxyPort) (int .Values.injector.adminPort) }}
+{{- fail (printf "injector.proxyPort and injector.adminPort are both %d: the proxy needs two ports" (int .Values.injector.proxyPort)) }}
+{{- end }}
 {{- if and .Values.networkPolicy.enabled .Values.webhook.enabled (not .Values.networkPolicy.apiServerCIDRs) }}
 {{- fail "networkPolicy.enabled=true blocks the API server's webhook calls unless networkPolicy.apiServerCIDRs lists their source addresses (your control-plane node or endpoint CIDRs; 0.0.0.0/0 admits any source on the webhook port)" }}
 {{- end }}
