@@ -23,6 +23,7 @@ from controlplane.envelope import Envelope
 from controlplane.errors import SesameError, StartupError
 from controlplane.exchange_settings import ENV_FLAGS
 from controlplane.permissions import Role
+from controlplane.serving_tls import ServingCertificate
 from controlplane.store import open_store
 from controlplane.store.sqlite.db import SYNCHRONOUS_MODES
 
@@ -125,20 +126,19 @@ async def _init(config: Config) -> int:
     return 0
 
 
-def _ssl_context(config: Config) -> ssl.SSLContext | None:
+def _serving_certificate(config: Config) -> ServingCertificate | None:
+    """The serving certificate (HTTPS when configured), reloaded when its files change."""
     if config.tls_cert is None or config.tls_key is None:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+        return ServingCertificate(config.tls_cert, config.tls_key)
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(f"cannot load TLS certificate/key: {exc}") from exc
-    return ctx
 
 
 async def _serve(config: Config) -> int:
-    ssl_ctx = _ssl_context(config)
+    certificate = _serving_certificate(config)
+    ssl_ctx = certificate.listening if certificate else None
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -151,6 +151,8 @@ async def _serve(config: Config) -> int:
         port = runner.addresses[0][1]
         host = config.listen_host if ":" not in config.listen_host else f"[{config.listen_host}]"
         print(f"sesame-controlplane listening on {config.scheme}://{host}:{port}", flush=True)
+        if certificate:
+            certificate.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -158,6 +160,8 @@ async def _serve(config: Config) -> int:
         await stop.wait()
         log.info("shutting down")
     finally:
+        if certificate:
+            await certificate.close()
         await runner.cleanup()
     return 0
 

