@@ -22,6 +22,7 @@ import aiohttp
 
 from controlplane.audit import event_hash
 from controlplane.clock import format_ts
+from controlplane.source_limits import SourceLimitSettings
 from controlplane.store import SqliteStore
 from controlplane.store.sql.audit import AUDIT_FIELDS, GENESIS
 from devkit.controlplane_server import running_control_plane
@@ -115,7 +116,8 @@ async def run(args: argparse.Namespace) -> None:
         took = time.perf_counter() - t0
         print(f"seeded {args.workloads} workloads + {args.events} audit events in {took:.1f}s")
         print(f"audit query plan: {plan}")
-        async with running_control_plane(db, rate_limit_per_minute=10**9) as cp:
+        unlimited = SourceLimitSettings(rate_per_second=10**9, burst=10**9)  # one client measures
+        async with running_control_plane(db, rate_limit_per_minute=10**9, source_limits=unlimited) as cp:
             headers = {"Authorization": f"Bearer {cp.owner_key}"}
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{cp.url}/v1/workloads?limit=100", headers=headers) as resp:

@@ -52,7 +52,9 @@ def _run_controlplane(db: str, synchronous: str, ports: Any) -> None:
     from controlplane.appkeys import API_KEYS
     from controlplane.config import Config
     from controlplane.exchange_settings import ExchangeSettings
+    from controlplane.outbound import OutboundPolicy
     from controlplane.permissions import Role
+    from controlplane.source_limits import SourceLimitSettings
 
     async def main() -> None:
         app = create_app(
@@ -62,7 +64,9 @@ def _run_controlplane(db: str, synchronous: str, ports: Any) -> None:
                 listen_port=0,
                 kek=os.urandom(32),
                 rate_limit_per_minute=10**6,
-                exchange=ExchangeSettings(rate_limit_per_minute=10**7),
+                exchange=ExchangeSettings(rate_limit_per_minute=10**7, issuer_url="http://127.0.0.1"),
+                outbound=OutboundPolicy.parse("127.0.0.0/8"),  # the bench's cluster issuer
+                source_limits=SourceLimitSettings(rate_per_second=10**7, burst=10**7),  # one client
             )
         )
 

@@ -10,6 +10,8 @@ Long-lived objects live on the app under typed keys (import them from `controlpl
     app[METRICS]       Metrics            `token_issued(target)`, `token_denied(reason)`
     app[API_KEYS]      ApiKeys            create / authenticate / revoke admin keys
     app[RATE_LIMITER]  RateLimiter        per admin key
+    app[SOURCE_LIMITER] SourceLimiter     per source address, before authentication
+    app[DENIALS]       DenialLog          aggregated audit of unauthenticated denials
     app[ROUTES]        list[Route]        every registered route (drives /openapi.json, /v1/permissions)
     app[READY_CHECKS]  dict[str, check]   async callables raising on failure; /readyz runs them
 
@@ -44,13 +46,15 @@ from controlplane.appkeys import (
 from controlplane.audit import AuditUnavailable, AuditWriter
 from controlplane.clock import Clock, SystemClock
 from controlplane.config import Config
+from controlplane.denials import DENIALS, DenialLog
 from controlplane.envelope import Envelope
 from controlplane.errors import StartupError
 from controlplane.metrics import Metrics
-from controlplane.middlewares import error_middleware, observe_middleware
+from controlplane.middlewares import error_middleware, observe_middleware, source_limit_middleware
 from controlplane.ratelimit import RateLimiter
 from controlplane.routes import Route
 from controlplane.routing import register_routes
+from controlplane.source_limits import SOURCE_LIMITER, SourceLimiter
 from controlplane.store import SqlStore, new_store
 
 __all__ = ["create_app"]
@@ -67,9 +71,11 @@ MAX_HEADER_FIELD_BYTES = 66 * 1024
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """Build the app; the store opens, migrates and the audit writer starts on app startup."""
     clock = clock or SystemClock()
+    issuer, chosen_by = config.issuer()  # StartupError now when no issuer can be known
+    log.info("issuer URL %s (from %s)", issuer, chosen_by)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[observe_middleware, error_middleware],
+        middlewares=[observe_middleware, error_middleware, source_limit_middleware],
         handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES, "max_field_size": MAX_HEADER_FIELD_BYTES},
     )
     store = new_store(config.db_location, sqlite_synchronous=config.sqlite_synchronous)
@@ -81,6 +87,13 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[AUDIT] = AuditWriter(store.audit, clock, batch_max=config.audit_batch_max, metrics=app[METRICS])
     app[API_KEYS] = ApiKeys(store.api_keys, clock)
     app[RATE_LIMITER] = RateLimiter(limit=config.rate_limit_per_minute, clock=clock)
+    app[SOURCE_LIMITER] = SourceLimiter(config.source_limits, clock)
+    app[DENIALS] = DenialLog(
+        app[AUDIT],
+        clock,
+        interval_seconds=config.source_limits.denial_interval_seconds,
+        metrics=app[METRICS],
+    )
     app[READY_CHECKS] = {"database": store.ping, "audit_writer": _audit_check(app)}
     app.cleanup_ctx.append(_lifecycle)
     routes: list[Route] = []
@@ -102,12 +115,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if config.bootstrap_api_key and await app[API_KEYS].ensure_bootstrap(config.bootstrap_api_key):
             log.info("registered the bootstrap API key as owner")
         await app[AUDIT].start()
+        await app[DENIALS].start()
     except BaseException:
         await store.close()
         raise
     try:
         yield
     finally:
+        await app[DENIALS].close()
         await app[AUDIT].close()
         await store.close()
 

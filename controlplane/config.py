@@ -14,6 +14,8 @@ from controlplane.envelope import load_kek
 from controlplane.errors import StartupError
 from controlplane.exchange_settings import ExchangeSettings
 from controlplane.injector_spec import InjectorSettings
+from controlplane.outbound import OutboundPolicy
+from controlplane.source_limits import SourceLimitSettings
 from controlplane.store.dsn import is_postgres_dsn, redact_dsn
 from controlplane.store.sqlite.db import SYNCHRONOUS_MODES
 
@@ -35,6 +37,7 @@ DEFAULT_AUDIT_BATCH_MAX = 500
 DEFAULT_AUDIT_EXPORT_MAX_ROWS = 50_000  # rows one /v1/audit/export sends at most (X-Next-Cursor continues)
 DEFAULT_AUDIENCE = "sesame"
 MIN_API_KEY_RANDOM = 32
+_UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::", "0:0:0:0:0:0:0:0"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +60,8 @@ class Config:
     log_level: str = "INFO"
     injector: InjectorSettings = field(default_factory=InjectorSettings)  # admission webhook (K8s)
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)  # token exchange, proxy routes
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)  # SESAME_OUTBOUND_ALLOW
+    source_limits: SourceLimitSettings = field(default_factory=SourceLimitSettings)  # pre-auth, per address
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -88,6 +93,27 @@ class Config:
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
+
+    @property
+    def issuer_url(self) -> str:
+        """The `iss` of signed JWTs and OIDC discovery: SESAME_ISSUER_URL, else the listen address.
+
+        Never taken from a request. StartupError when neither says where clients reach us.
+        """
+        return self.issuer()[0]
+
+    def issuer(self) -> tuple[str, str]:
+        """(issuer URL, how it was chosen) for the start-up message."""
+        if self.exchange.issuer_url:
+            return self.exchange.issuer_url, "SESAME_ISSUER_URL"
+        host = self.listen_host
+        if host in _UNSPECIFIED_HOSTS or self.listen_port == 0:
+            raise StartupError(
+                f"set SESAME_ISSUER_URL (--issuer-url) to the URL clients reach the control plane at: "
+                f"it cannot be derived from the listen address {host}:{self.listen_port}"
+            )
+        shown = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{shown}:{self.listen_port}", "the listen address and TLS settings"
 
     @classmethod
     def build(cls, flags: Mapping[str, Any], env: Mapping[str, str]) -> Config:
@@ -134,6 +160,8 @@ class Config:
             log_level=(pick("log_level", "SESAME_LOG_LEVEL") or "INFO").upper(),
             injector=InjectorSettings.build(env, audience=audience),
             exchange=ExchangeSettings.build(flags, env, audience=audience or DEFAULT_AUDIENCE),
+            outbound=OutboundPolicy.parse(pick("outbound_allow", "SESAME_OUTBOUND_ALLOW")),
+            source_limits=SourceLimitSettings.build(env),
         )
 
 

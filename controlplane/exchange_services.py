@@ -23,6 +23,7 @@ from controlplane.attest import (
     PodBinder,
     TokenReviewVerifier,
 )
+from controlplane.denials import DENIALS
 from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
 from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
@@ -32,7 +33,6 @@ from controlplane.token_exchange import TokenExchange
 __all__ = [
     "EXCHANGE",
     "SIGNING_KEYS",
-    "issuer_url",
     "setup",
 ]
 
@@ -57,7 +57,8 @@ def setup(app: web.Application) -> None:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings, clock = app[CONFIG].exchange, app[CLOCK]
+    config, clock = app[CONFIG], app[CLOCK]
+    settings = config.exchange
     store = SqlExchange(app[STORE].db)
     keys = SigningKeys(
         store=store,
@@ -66,14 +67,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         max_token_ttl_seconds=settings.max_signed_jwt_ttl_seconds,
         publication_seconds=settings.key_publication_seconds,
     )
-    jwks = JwksVerifier(settings=settings.jwks, clock=clock)
+    jwks = JwksVerifier(settings=settings.jwks, clock=clock, policy=config.outbound)
     # One kubernetes client (kubeconfig or in-cluster) for TokenReview and pod binding's pod reads.
     kube = KubeApi(kubeconfig=settings.tokenreview.kubeconfig, context=settings.tokenreview.context)
     tokenreview = TokenReviewVerifier(settings=settings.tokenreview, clock=clock, kube=kube)
     pods = PodBinder(
         lookup=KubePodLookup(kube=kube, timeout_seconds=settings.tokenreview.timeout_seconds), clock=clock
     )
-    oauth2 = OAuth2ClientCredentialsProvider(clock=clock)
+    oauth2 = OAuth2ClientCredentialsProvider(clock=clock, policy=config.outbound)
     registry = RegistryCache(
         store, envelope=app[ENVELOPE], clock=clock, ttl_seconds=settings.registry_cache_seconds
     )
@@ -100,9 +101,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         providers={
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,
-            "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=settings.issuer_url, clock=clock),
+            "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=config.issuer_url, clock=clock),
         },
         audit=app[AUDIT],
+        denials=app[DENIALS],
         metrics=app[METRICS],
         clock=clock,
         rate_limit_per_minute=settings.rate_limit_per_minute,
@@ -116,11 +118,3 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await tokenreview.close()
         await kube.close()
         await oauth2.close()
-
-
-def issuer_url(request: web.Request) -> str:
-    """The control plane's issuer URL: configured, or the origin this request came in on."""
-    configured = request.app[CONFIG].exchange.issuer_url
-    if configured:
-        return configured.rstrip("/")
-    return f"{request.scheme}://{request.host}"

@@ -47,8 +47,8 @@ ENV_FLAGS = {
 class ExchangeSettings:
     """What the token exchange, the proxy-facing routes and the signed-JWT provider need.
 
-    `issuer_url` None means "the origin the caller used to reach us" (fine for one replica on one
-    address; set it behind a load balancer so every replica signs with the same `iss`).
+    `issuer_url` None means "derive it from the listen address and TLS" (`Config.issuer`); it is
+    never taken from a request. Set it behind a Service or load balancer.
     `tokenreview.kubeconfig` None means in-cluster configuration for TokenReview.
     """
 

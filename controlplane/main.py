@@ -7,9 +7,11 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -50,12 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite fsync per commit (full, default) or not (normal) (env SESAME_SQLITE_SYNCHRONOUS)",
     )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING (env SESAME_LOG_LEVEL)")
+    serve.add_argument(
+        "--outbound-allow",
+        help="CIDRs outbound fetches may reach besides global addresses (env SESAME_OUTBOUND_ALLOW)",
+    )
     _exchange_flags(serve)
     return parser
 
 
 _EXCHANGE_FLAGS = (
-    ("--issuer-url", "public URL: `iss` of signed JWTs and OIDC discovery (default: request origin)"),
+    ("--issuer-url", "public URL: `iss` of signed JWTs and OIDC discovery (default: the listen address)"),
     ("--kubeconfig", "kubeconfig for TokenReview (default: in-cluster)"),
     ("--kube-context", "kubeconfig context for TokenReview"),
     ("--exchange-rate-limit", "token exchanges per minute per workload (default 600)"),
@@ -136,20 +142,36 @@ def _serving_certificate(config: Config) -> ServingCertificate | None:
         raise StartupError(f"cannot load TLS certificate/key: {exc}") from exc
 
 
+def _bind(config: Config) -> socket.socket:
+    """The listening socket, bound before the app is built so port 0 is known for the issuer URL."""
+    family = socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET
+    try:
+        return socket.create_server((config.listen_host, config.listen_port), family=family, backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}") from exc
+
+
 async def _serve(config: Config) -> int:
     certificate = _serving_certificate(config)
     ssl_ctx = certificate.listening if certificate else None
-    app = create_app(config)
+    if config.listen_port:
+        config.issuer()  # StartupError before binding when no issuer can be known
+    sock = _bind(config)
+    config = replace(config, listen_port=sock.getsockname()[1])
+    try:
+        app = create_app(config)
+    except BaseException:
+        sock.close()
+        raise
+    issuer, chosen_by = config.issuer()
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ssl_ctx)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}") from exc
-        port = runner.addresses[0][1]
+        site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
+        await site.start()
+        port = config.listen_port
         host = config.listen_host if ":" not in config.listen_host else f"[{config.listen_host}]"
+        print(f"sesame-controlplane issuer URL {issuer} (from {chosen_by})", file=sys.stderr, flush=True)
         print(f"sesame-controlplane listening on {config.scheme}://{host}:{port}", flush=True)
         if certificate:
             certificate.start()

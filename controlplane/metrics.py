@@ -49,6 +49,12 @@ class Metrics:
             ["type"],
             registry=self.registry,
         )
+        self.unauthenticated_denials = Counter(
+            "sesame_unauthenticated_denials",
+            "Denials before authentication (bad keys and tokens, source limit), by audit type and reason",
+            ["type", "reason"],
+            registry=self.registry,
+        )
         # labelled children by label values: `labels()` validates and locks on every call, and
         # these are counted on every request (label sets are bounded: route templates, codes).
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -70,6 +76,13 @@ class Metrics:
 
     def audit_written(self, type: str, count: int = 1) -> None:
         self._child(self.audit_events, type).inc(count)
+
+    def unauthenticated_denial(self, type: str, reason: str) -> None:
+        key = ("unauthenticated", type, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.unauthenticated_denials.labels(type, reason)
+        child.inc()
 
     def _child(self, metric: Counter, value: str) -> Any:
         key = (metric, value)

@@ -1,4 +1,5 @@
-"""Middlewares: request id + metrics (outermost), then errors → JSON, body size limit → 413."""
+"""Middlewares: request id + metrics (outermost), then errors → JSON, body size limit → 413, then
+the per-source limit (429) before any handler authenticates anything."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from random import getrandbits
 from aiohttp import web
 
 from controlplane.appkeys import CONFIG, METRICS, REQUEST_ID
+from controlplane.denials import audit_unauthenticated
 from controlplane.errors import PayloadTooLarge, SesameError
 from controlplane.routes import Handler
+from controlplane.source_limits import EXEMPT_PATHS, SOURCE_LIMITER, SourceRateLimited, source_of
 
-__all__ = ["error_middleware", "observe_middleware"]
+__all__ = ["error_middleware", "observe_middleware", "source_limit_middleware"]
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +82,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _error(status: int, body: dict[str, object], headers: dict[str, str]) -> web.Response:
     body = {k: v for k, v in body.items() if v is not None}
     return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def source_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """429 `rate_limited` before the handler (so before authentication) when the caller's address
+    is over its limit; audited as `request.limited`, aggregated per source."""
+    if request.path not in EXEMPT_PATHS:
+        try:
+            request.app[SOURCE_LIMITER].check(source_of(request))
+        except SourceRateLimited as exc:
+            await audit_unauthenticated(
+                request, type="request.limited", reason=exc.code, extra={"path": request.path}
+            )
+            raise
+    return await handler(request)

@@ -1,5 +1,8 @@
 """Opaque cursors for `?limit=&cursor=` lists (seed 000): base64url of `{"s": <seq>}`.
 
+Every cursor is checked on the way in: anything that does not decode to in-range values is
+400 `invalid_cursor` (never a database error).
+
 Rows are walked by their immutable insertion sequence, so a walk sees every row exactly once
 even while rows are added or deleted.
 """
@@ -12,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controlplane.clock import format_ts, parse_ts
 from controlplane.errors import InvalidRequest
 from controlplane.validation import Int, Str
 
@@ -19,20 +23,26 @@ __all__ = [
     "DEFAULT_LIMIT",
     "LIST_QUERY",
     "MAX_LIMIT",
+    "MAX_SEQ",
+    "InvalidCursor",
     "Page",
     "decode_cursor",
+    "decode_export_cursor",
     "encode_cursor",
-    "pack_cursor",
-    "unpack_cursor",
+    "encode_export_cursor",
 ]
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_SEQ = 2**63 - 1  # SQLite INTEGER and PostgreSQL bigint
+MAX_CURSOR_CHARS = 200
 
 # Query fields every list route accepts; merge into a route's own query Obj.
 LIST_QUERY = {
     "limit": Int(min=1, max=MAX_LIMIT, default=DEFAULT_LIMIT, description="page size"),
-    "cursor": Str(required=False, max_len=200, description="opaque next_cursor of the previous page"),
+    "cursor": Str(
+        required=False, max_len=MAX_CURSOR_CHARS, description="opaque next_cursor of the previous page"
+    ),
 }
 
 
@@ -57,28 +67,62 @@ class Page:
         return None if self.next_seq is None else encode_cursor(self.next_seq)
 
 
+class InvalidCursor(InvalidRequest):
+    """A cursor this server did not hand out (or one whose values are out of range)."""
+
+    code = "invalid_cursor"
+
+    def __init__(self) -> None:
+        super().__init__("cursor is not valid: pass back a next_cursor unchanged", field="cursor")
+
+
 def encode_cursor(seq: int) -> str:
-    return pack_cursor({"s": seq})
+    return _pack({"s": seq})
 
 
-def pack_cursor(data: dict[str, Any]) -> str:
+def encode_export_cursor(key: tuple[str, int]) -> str:
+    """The cursor an audit export continues after: the (timestamp, seq) of its last row."""
+    return _pack({"t": key[0], "s": key[1]})
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The sequence number inside a cursor; 400 invalid_cursor if malformed or out of range."""
+    if cursor is None:
+        return None
+    return _seq(_unpack(cursor))
+
+
+def decode_export_cursor(cursor: str | None) -> tuple[str, int] | None:
+    """The (timestamp, seq) an export continues after; 400 invalid_cursor if malformed."""
+    if cursor is None:
+        return None
+    data = _unpack(cursor)
+    ts = data.get("t")
+    try:
+        if not isinstance(ts, str) or len(ts) > 40 or format_ts(parse_ts(ts)) != ts:
+            raise InvalidCursor
+    except (ValueError, OverflowError, OSError):
+        raise InvalidCursor from None
+    return ts, _seq(data)
+
+
+def _pack(data: dict[str, Any]) -> str:
     """An opaque cursor carrying `data`: unpadded base64url of its JSON."""
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
-def unpack_cursor(cursor: str) -> Any:
-    """The JSON inside a `pack_cursor` cursor (ValueError or UnicodeError if malformed)."""
-    return json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii")))
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    """The sequence number inside a cursor; 400 invalid_request (field `cursor`) if malformed."""
-    if cursor is None:
-        return None
+def _unpack(cursor: str) -> dict[str, Any]:
     try:
-        seq = unpack_cursor(cursor)["s"]
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError
-        return seq
-    except (ValueError, KeyError, TypeError, UnicodeError):
-        raise InvalidRequest("cursor is not valid", field="cursor") from None
+        data = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii")))
+    except (ValueError, UnicodeError, RecursionError):
+        raise InvalidCursor from None
+    if not isinstance(data, dict):
+        raise InvalidCursor
+    return data
+
+
+def _seq(data: dict[str, Any]) -> int:
+    seq = data.get("s")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise InvalidCursor
+    return seq

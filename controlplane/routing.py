@@ -1,7 +1,8 @@
 """Registers `Route`s on the app: admin auth, rate limit, permission check, body/query parsing.
 
 Every denial (401, 403, 429) is written to the audit log as `auth.denied` with the error code
-as reason before the error is answered.
+as reason before the error is answered; a 401 (no caller known) goes through the aggregated
+`controlplane.denials` log, so a flood of bad keys cannot grow the log without bound.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from aiohttp import web
 
 from controlplane.appkeys import API_KEYS, BODY, PRINCIPAL, QUERY, RATE_LIMITER, REQUEST_ID
+from controlplane.denials import audit_unauthenticated
 from controlplane.errors import Forbidden, RateLimited, Unauthorized
 from controlplane.http import audit_event, read_body
 from controlplane.permissions import Role
@@ -59,7 +61,15 @@ async def _authorize(request: web.Request, route: Route) -> None:
         request.app[RATE_LIMITER].check(key.id)
         if not route.permission.allows(Role.parse(key.role)):
             raise Forbidden(f"role {key.role} lacks permission {route.permission.name}")
-    except (Unauthorized, Forbidden, RateLimited) as exc:
+    except Unauthorized as exc:
+        await audit_unauthenticated(
+            request,
+            type="auth.denied",
+            reason=exc.code,
+            extra={"method": request.method, "path": request.path},
+        )
+        raise
+    except (Forbidden, RateLimited) as exc:
         await audit_event(
             request,
             type="auth.denied",

@@ -2,6 +2,8 @@
 
 Every outcome is one audit event committed before the caller answers: `token.issued`, or
 `token.denied` with the error code as `reason` (and the attestation or policy detail in extra).
+A denial before any identity is known (bad body, unverifiable token) goes through the aggregated
+`controlplane.denials` log: anyone can send those.
 Neither a subject token nor an issued credential is ever written to the audit log or logs.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 from controlplane.attest import Attestor, Identity
 from controlplane.audit import AuditWriter
 from controlplane.clock import Clock, format_ts, parse_ts
+from controlplane.denials import DenialLog
 from controlplane.errors import SesameError
 from controlplane.exchange_settings import DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE
 from controlplane.metrics import Metrics
@@ -122,6 +125,7 @@ class TokenExchange:
         audit: AuditWriter,
         metrics: Metrics,
         clock: Clock,
+        denials: DenialLog | None = None,
         rate_limit_per_minute: int = DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE,
         approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS,
     ) -> None:
@@ -130,6 +134,7 @@ class TokenExchange:
         self._attestor = attestor
         self._providers = providers
         self._audit = audit
+        self._denials = denials
         self._metrics = metrics
         self._clock = clock
         self._limiter = RateLimiter(limit=rate_limit_per_minute, clock=clock)
@@ -155,10 +160,10 @@ class TokenExchange:
 
     # the exchange -------------------------------------------------------------------------------
     async def exchange(
-        self, *, subject_token: str, audience: str, correlation_id: str | None, issuer_url: str | None = None
+        self, *, subject_token: str, audience: str, correlation_id: str | None, source: str = "unknown"
     ) -> Exchanged | ApprovalPending:
         """Run the pipeline; every outcome is audited (and counted) before this returns or raises."""
-        ctx: dict[str, Any] = {"audience": audience, "issuer_url": issuer_url}
+        ctx: dict[str, Any] = {"audience": audience, "source": source}
         try:
             result = await self._exchange(subject_token, audience, ctx)
         except SesameError as exc:
@@ -266,7 +271,6 @@ class TokenExchange:
             config=record.get("config") or {},
             secret=secret,
             secret_version=record.get("updated_at", ""),
-            issuer_url=ctx.get("issuer_url"),
         )
         try:
             return await provider.issue(request)
@@ -279,6 +283,18 @@ class TokenExchange:
         self, code: str, ctx: dict[str, Any], correlation_id: str | None, *, detail: str | None = None
     ) -> None:
         """Audit (and count) one `token.denied` event; `ctx` holds what the pipeline learnt so far."""
+        if ctx.get("identity") is None and self._denials is not None:
+            self._metrics.token_denied(code)
+            await self._denials.record(
+                type="token.denied",
+                source=ctx.get("source", "unknown"),
+                reason=code,
+                detail=detail,
+                route="/v1/token-exchange",
+                correlation_id=correlation_id,
+                audience=ctx.get("audience"),
+            )
+            return
         extra = _extra(ctx)
         if detail:
             extra["detail"] = detail

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import os
 import select
+import socket
 import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from controlplane.app import create_app
 from controlplane.appkeys import API_KEYS
 from controlplane.clock import Clock
 from controlplane.config import Config
+from controlplane.outbound import OutboundPolicy
 from controlplane.permissions import Role
 from devkit.processes import stop_process
 
 __all__ = [
+    "LOOPBACK",
+    "LOOPBACK_ENV",
     "ControlPlane",
     "ControlPlaneProcess",
     "control_plane_process",
@@ -42,6 +46,11 @@ __all__ = [
 ]
 
 STARTUP_TIMEOUT_SECONDS = 20.0
+# Test and demo servers (cluster issuers, token endpoints) listen on loopback, which the outbound
+# policy refuses unless allow-listed: callers pass these explicitly.
+LOOPBACK_CIDRS = "127.0.0.0/8,::1/128"
+LOOPBACK = OutboundPolicy.parse(LOOPBACK_CIDRS)
+LOOPBACK_ENV = {"SESAME_OUTBOUND_ALLOW": LOOPBACK_CIDRS}
 
 
 def new_kek() -> bytes:
@@ -62,24 +71,34 @@ async def running_control_plane(
 ) -> AsyncIterator[ControlPlane]:
     """An in-process control plane on 127.0.0.1:<ephemeral> with a fresh owner key.
 
-    `kek=None` generates one; `kek=b""` runs without a KEK.
+    `kek=None` generates one; `kek=b""` runs without a KEK. The port is bound first, so the issuer
+    URL derives from the listen address (`http://127.0.0.1:<port>`) unless `exchange` sets one.
     """
-    cfg = Config(db_path=db_path, listen_port=0, kek=new_kek() if kek is None else (kek or None), **config)
-    app = create_app(cfg, clock=clock)
-    async with serving(app) as port:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    cfg = Config(db_path=db_path, listen_port=port, kek=new_kek() if kek is None else (kek or None), **config)
+    try:
+        app = create_app(cfg, clock=clock)
+    except BaseException:
+        sock.close()
+        raise
+    async with serving(app, sock=sock) as port:
         _, owner = await app[API_KEYS].create(name="test-owner", role=Role.OWNER)
-        yield ControlPlane(
-            url=f"http://127.0.0.1:{port}", owner_key=owner, app=app, config=replace(cfg, listen_port=port)
-        )
+        yield ControlPlane(url=f"http://127.0.0.1:{port}", owner_key=owner, app=app, config=cfg)
 
 
 @asynccontextmanager
-async def serving(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
-    """Serve `app` on 127.0.0.1:<ephemeral> (HTTPS with `ssl_context`); yields the port."""
+async def serving(
+    app: web.Application, *, ssl_context: ssl.SSLContext | None = None, sock: socket.socket | None = None
+) -> AsyncIterator[int]:
+    """Serve `app` on `sock` or 127.0.0.1:<ephemeral> (HTTPS with `ssl_context`); yields the port."""
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        if sock is None:
+            site: web.BaseSite = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        else:
+            site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         yield runner.addresses[0][1]
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.certs import DevCA
-from devkit.controlplane_server import control_plane_process
+from devkit.controlplane_server import LOOPBACK_ENV, control_plane_process
 from devkit.issuer import ClusterIssuer
 from devkit.processes import stop_process
 from devkit.registry_bodies import service_account_workload
@@ -138,7 +138,7 @@ def main() -> int:
         ]
         with (
             process(api_argv, '"port"', stdout=subprocess.PIPE) as (_, api_info),
-            control_plane_process(root / "cp.db") as cp,
+            control_plane_process(root / "cp.db", env=LOOPBACK_ENV) as cp,  # issuer on loopback
         ):
             api_port = api_info["port"]
             print(f"   https://localhost:{api_port}  (key {API_KEY[:10]}…, held only by the control plane)")

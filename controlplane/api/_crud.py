@@ -57,8 +57,8 @@ class Resource:
     prepare: Prepare = _no_prepare
     filters: dict[str, Spec] = field(default_factory=dict)  # query param == store column
     audit_fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: {}
-    # Audit type of a PATCH from its body (default `<singular>.updated`).
-    update_type: Callable[[dict[str, Any]], str] | None = None
+    # Audit type of a PATCH from its body (None or absent: `<singular>.updated`).
+    update_type: Callable[[dict[str, Any]], str | None] | None = None
 
 
 async def fetch(request: web.Request, kind: str, singular: str) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def crud_routes(res: Resource) -> list[Route]:
     async def patch_item(request: web.Request) -> web.Response:
         wanted = if_match(request)
         body = request[BODY]
-        audit_type = res.update_type(body) if res.update_type else f"{res.singular}.updated"
+        audit_type = (res.update_type and res.update_type(body)) or f"{res.singular}.updated"
         for _ in range(PATCH_ATTEMPTS):
             current = await fetch_versioned(request, res.kind, title)
             if wanted is not None and "*" not in wanted and etag(current.version) not in wanted:

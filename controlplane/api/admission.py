@@ -14,6 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from controlplane.appkeys import CONFIG
+from controlplane.denials import audit_unauthenticated
 from controlplane.errors import InvalidRequest
 from controlplane.http import audit_event, json_response
 from controlplane.injector import Outcome, review
@@ -40,13 +41,12 @@ async def mutate(request: web.Request) -> web.Response:
             raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", field="scope")
         document = decode_json(await request.read())
         answer, outcome = review(document, request.app[INJECTOR], namespace_opted_in=scope == "namespace")
-    except InvalidRequest as exc:
-        await audit_event(
+    except InvalidRequest as exc:  # from anyone who can reach the webhook: aggregated per source
+        await audit_unauthenticated(
             request,
             type="admission.invalid",
-            outcome="denied",
-            actor="admission_webhook",
             reason=exc.code,
+            detail=exc.field,
             extra={"field": exc.field, "path": request.path},
         )
         raise

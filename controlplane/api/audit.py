@@ -15,16 +15,17 @@ from controlplane.clock import format_ts, parse_ts
 from controlplane.config import DEFAULT_AUDIT_EXPORT_MAX_ROWS
 from controlplane.errors import InvalidRequest
 from controlplane.http import audit_event, cursor_seq, json_response, page_response
-from controlplane.pagination import LIST_QUERY, pack_cursor, unpack_cursor
+from controlplane.pagination import LIST_QUERY, MAX_CURSOR_CHARS, decode_export_cursor, encode_export_cursor
 from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
 from controlplane.routes import Route
 from controlplane.store.sql.audit import AUDIT_FIELDS
 from controlplane.validation import Int, Obj, Str
 
-__all__ = ["EXPORT_MAX_ROWS", "NEXT_CURSOR_HEADER", "ROUTES"]
+__all__ = ["EXPORT_MAX_ROWS", "NEXT_CURSOR_HEADER", "ROUTES", "csv_cell"]
 
 EXPORT_MAX_ROWS = DEFAULT_AUDIT_EXPORT_MAX_ROWS  # API ceiling; Config.audit_export_max_rows may lower it
 NEXT_CURSOR_HEADER = "X-Next-Cursor"  # set on an export cut short by `limit`; pass back as `cursor`
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = tuple("timestamp" if f == "ts" else f for f in AUDIT_FIELDS)  # as /v1/audit names them
 
 _FILTERS = {
@@ -48,7 +49,9 @@ EXPORT_QUERY = Obj(
             description="rows to send (default and cap: the server's export cap, 50,000 unless lowered)",
         ),
         "cursor": Str(
-            required=False, max_len=200, description=f"the {NEXT_CURSOR_HEADER} of the previous export"
+            required=False,
+            max_len=MAX_CURSOR_CHARS,
+            description=f"the {NEXT_CURSOR_HEADER} of the previous export",
         ),
     }
 )
@@ -87,22 +90,11 @@ async def list_audit(request: web.Request) -> web.Response:
     return page_response(page, key="events")
 
 
-def _encode_export_cursor(key: tuple[str, int]) -> str:
-    return pack_cursor({"t": key[0], "s": key[1]})
-
-
-def _decode_export_cursor(cursor: str | None) -> tuple[str, int] | None:
-    """The (timestamp, seq) an export continues after; 400 invalid_request (field `cursor`) if malformed."""
-    if cursor is None:
-        return None
-    try:
-        data = unpack_cursor(cursor)
-        ts, seq = data["t"], data["s"]
-        if not isinstance(ts, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError
-        return ts, seq
-    except (ValueError, KeyError, TypeError, UnicodeError):
-        raise InvalidRequest("cursor is not valid", field="cursor") from None
+def csv_cell(value: Any) -> Any:
+    """OWASP CSV injection: a text cell a spreadsheet would read as a formula starts with `'`."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 async def export_audit(request: web.Request) -> web.StreamResponse:
@@ -112,7 +104,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     """
     query = request[QUERY]
     filters, since, until = _filters(query)
-    after = _decode_export_cursor(query.get("cursor"))
+    after = decode_export_cursor(query.get("cursor"))
     fmt = query["format"]
     audit = request.app[STORE].audit
     cap = request.app[CONFIG].audit_export_max_rows
@@ -124,7 +116,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="sesame-audit.{fmt}"',
     }
     if more and through is not None:
-        headers[NEXT_CURSOR_HEADER] = _encode_export_cursor(through)
+        headers[NEXT_CURSOR_HEADER] = encode_export_cursor(through)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     rows = audit.export(**window, through=through)
@@ -133,7 +125,8 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
         writer = csv.writer(buf)
         writer.writerow(EXPORT_COLUMNS)
         async for event in rows:
-            writer.writerow([json.dumps(event[c]) if c == "extra" else event[c] for c in EXPORT_COLUMNS])
+            cells = (json.dumps(event[c]) if c == "extra" else event[c] for c in EXPORT_COLUMNS)
+            writer.writerow([csv_cell(cell) for cell in cells])
             if buf.tell() > 64 * 1024:
                 await response.write(buf.getvalue().encode())
                 buf.seek(0)

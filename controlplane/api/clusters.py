@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes
+from controlplane.api._destinations import refuse_private_literal
 from controlplane.appkeys import CONFIG
 from controlplane.permissions import CLUSTERS_READ, CLUSTERS_WRITE
 from controlplane.validation import Bool, Obj, Str
@@ -34,10 +35,16 @@ CLUSTER_IN = Obj(
 )
 
 
-async def _default_audience(
+async def _prepare(
     request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
 ) -> tuple[dict[str, Any], bytes | None]:
-    """A new cluster without an audience gets the configured one (`sesame` unless SESAME_AUDIENCE)."""
+    """Refuse a fetch URL on a literal private address; a new cluster without an audience gets the
+    configured one (`sesame` unless SESAME_AUDIENCE)."""
+    merged = {**(current or {}), **body}
+    if merged.get("jwks_uri"):
+        await refuse_private_literal(request, merged["jwks_uri"], "jwks_uri")
+    elif merged.get("verification", "jwks") == "jwks":  # discovery is fetched from the issuer
+        await refuse_private_literal(request, merged["issuer"], "issuer")
     if current is None and not body.get("audience"):
         body = {**body, "audience": request.app[CONFIG].exchange.audience}
     return body, None
@@ -52,7 +59,7 @@ ROUTES = crud_routes(
         patch=CLUSTER_IN.partial(),
         read=CLUSTERS_READ,
         write=CLUSTERS_WRITE,
-        prepare=_default_audience,
+        prepare=_prepare,
         filters={"name": Str(required=False, max_len=100), "issuer": Str(required=False, max_len=2048)},
     )
 )

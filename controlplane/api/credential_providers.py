@@ -2,6 +2,11 @@
 
 Secrets are sealed with the envelope (AES-256-GCM under a per-secret data key wrapped by the
 KEK) and never returned, logged or audited; `POST /{id}/rotate` replaces them.
+
+A secret is bound to where it is sent: a PATCH naming a destination field (`token_url`, `ca_pem`
+for OAuth2; `controlplane.providers.DESTINATION_FIELDS`) must carry the secret again, or the
+stored secret is cleared; either way the PATCH is audited as `credential_provider.rotated`.
+A literal loopback/private address in `token_url` is refused (`outbound_address_refused`).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes, etag, fetch
+from controlplane.api._destinations import refuse_private_literal
 from controlplane.appkeys import AUDIT, BODY, ENVELOPE, STORE
 from controlplane.errors import InvalidRequest, NotFound
 from controlplane.http import change_audit, json_response, now_ts
 from controlplane.permissions import PROVIDERS_READ, PROVIDERS_WRITE
 from controlplane.provider_secrets import seal_secret
+from controlplane.providers import DESTINATION_FIELDS
 from controlplane.routes import Route
 from controlplane.validation import Dict, Int, List, Obj, Str
 
@@ -118,12 +125,24 @@ def _view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _destination_fields(config: dict[str, Any], ptype: str | None = None) -> list[str]:
+    """The fields of `config` that decide where the provider's secret is sent."""
+    types = [ptype] if ptype else list(DESTINATION_FIELDS)
+    return sorted({f for t in types for f in DESTINATION_FIELDS.get(t, ()) if f in config})
+
+
+async def _check_destinations(request: web.Request, ptype: str, config: dict[str, Any]) -> None:
+    if "token_url" in config and ptype == "oauth2-client-credentials":
+        await refuse_private_literal(request, config["token_url"], "config.token_url")
+
+
 async def _prepare(
     request: web.Request, body: dict[str, Any], current: dict[str, Any] | None, id: str
 ) -> tuple[dict[str, Any], bytes | None]:
     if current is None:
         ptype = body["type"]
         config = CONFIG_SCHEMAS[ptype].check(body["config"], "config")
+        await _check_destinations(request, ptype, config)
         public, secret = _split(ptype, config)
         _check_static(ptype, public, secret)
         sealed = seal_secret(request.app[ENVELOPE], id, secret) if secret else None
@@ -136,20 +155,29 @@ async def _prepare(
         }
         return fields, sealed
     changes: dict[str, Any] = {}
+    sealed = None
     if "name" in body:
         changes["name"] = body["name"]
     if "config" in body:
         ptype = current["type"]
-        secret_names = set(secret_fields(ptype))
-        for key in body["config"]:
-            if key in secret_names:
-                raise InvalidRequest(
-                    f"config.{key} is secret: use POST /v1/credential-providers/{{id}}/rotate",
-                    field=f"config.{key}",
-                )
+        moved = _destination_fields(body["config"], ptype)
+        if not moved:
+            for key in body["config"]:
+                if key in secret_fields(ptype):
+                    raise InvalidRequest(
+                        f"config.{key} is secret: use POST /v1/credential-providers/{{id}}/rotate "
+                        "(or give it with a changed destination field)",
+                        field=f"config.{key}",
+                    )
         patch = CONFIG_SCHEMAS[ptype].partial().check(body["config"], "config")
-        changes["config"] = {**current["config"], **patch}
-    return changes, None
+        await _check_destinations(request, ptype, patch)
+        public, secret = _split(ptype, patch)
+        changes["config"] = {**current["config"], **public}
+        if moved:  # the secret goes where it was given for, or nowhere: re-sealed or cleared
+            sealed = seal_secret(request.app[ENVELOPE], id, secret)
+            changes["secret_fields"] = sorted(secret)
+            changes["secret_rotated_at"] = now_ts(request)
+    return changes, sealed
 
 
 async def rotate_credential_provider(request: web.Request) -> web.Response:
@@ -197,6 +225,9 @@ ROUTES = [
             singular="credential_provider",
             create=PROVIDER_IN,
             patch=PROVIDER_PATCH,
+        update_type=lambda body: (
+            "credential_provider.rotated" if _destination_fields(body.get("config") or {}) else None
+        ),
             read=PROVIDERS_READ,
             write=PROVIDERS_WRITE,
             view=_view,

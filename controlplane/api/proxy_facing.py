@@ -15,6 +15,7 @@ from aiohttp import web
 
 from controlplane.appkeys import CLOCK, CONFIG, QUERY
 from controlplane.attest import InvalidSubjectToken
+from controlplane.denials import audit_unauthenticated
 from controlplane.errors import SesameError
 from controlplane.exchange_services import EXCHANGE
 from controlplane.http import audit_event, cursor_seq, json_response, now_ts, page_response
@@ -70,6 +71,15 @@ async def _caller(request: web.Request) -> Attested:
         return await request.app[EXCHANGE].attest(token, ctx)
     except SesameError as exc:
         identity = ctx.get("identity")
+        if identity is None:  # no caller known: aggregated per source (controlplane.denials)
+            await audit_unauthenticated(
+                request,
+                type="proxy.denied",
+                reason=exc.code,
+                detail=getattr(exc, "reason", None),
+                extra={"path": request.path},
+            )
+            raise
         await audit_event(
             request,
             type="proxy.denied",

@@ -7,14 +7,15 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from controlplane.appkeys import REQUEST_ID
+from controlplane.appkeys import CONFIG, REQUEST_ID
 from controlplane.clock import format_ts
 from controlplane.errors import InvalidRequest, SesameError
-from controlplane.exchange_services import EXCHANGE, SIGNING_KEYS, issuer_url, setup
+from controlplane.exchange_services import EXCHANGE, SIGNING_KEYS, setup
 from controlplane.http import audit_event, json_response, read_body
 from controlplane.permissions import Permission, Role
 from controlplane.routes import Route
 from controlplane.signing_keys import discovery_document
+from controlplane.source_limits import source_of
 from controlplane.token_exchange import ApprovalPending
 from controlplane.validation import Obj, Str, decode_json, parse
 
@@ -67,13 +68,14 @@ async def token_exchange(request: web.Request) -> web.Response:
     try:
         body = await _read_exchange(request)
     except SesameError as exc:
-        await service.denied(exc.code, {}, correlation_id, detail=getattr(exc, "field", None))
+        ctx = {"source": source_of(request)}
+        await service.denied(exc.code, ctx, correlation_id, detail=getattr(exc, "field", None))
         raise
     result = await service.exchange(
         subject_token=body["subject_token"],
         audience=body["audience"],
         correlation_id=correlation_id,
-        issuer_url=issuer_url(request),
+        source=source_of(request),
     )
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if isinstance(result, ApprovalPending):
@@ -87,7 +89,8 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def openid_configuration(request: web.Request) -> web.Response:
-    return json_response(discovery_document(issuer_url(request)), headers={"Cache-Control": "max-age=300"})
+    document = discovery_document(request.app[CONFIG].issuer_url)
+    return json_response(document, headers={"Cache-Control": "max-age=300"})
 
 
 async def rotate_keys(request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from controlplane.attest.identity import (
     InvalidSubjectToken,
 )
 from controlplane.clock import SystemClock
-from controlplane.outbound import OutboundClient
+from controlplane.outbound import AddressRefused, OutboundClient, OutboundPolicy
 
 __all__ = [
     "DEFAULT_JWKS_CACHE_SECONDS",
@@ -63,12 +63,13 @@ class JwksVerifier:
         self,
         *,
         settings: JwksSettings = JwksSettings(),
-        session: aiohttp.ClientSession | None = None,
         clock: Clock = SystemClock(),
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        """`policy` (default: global addresses only) guards every discovery and JWKS fetch."""
         self._settings = settings
         self._clock = clock
-        self._http = OutboundClient(session)
+        self._http = OutboundClient(policy)
         self._cache: TTLCache[str, _KeySet] = TTLCache(
             maxsize=256, ttl=settings.cache_seconds, timer=clock.time
         )
@@ -176,6 +177,10 @@ class JwksVerifier:
                 max_bytes=self._settings.max_document_bytes,
                 tls=tls,
             )
+        except AddressRefused as exc:
+            raise InvalidSubjectToken(
+                AddressRefused.code, f"{url} is on an address outbound fetches may not reach"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             raise InvalidSubjectToken("jwks_unavailable", f"could not fetch {url}") from exc
         if status != 200:

@@ -9,6 +9,7 @@ from controlplane.providers.base import (
     CredentialProvider,
     IssuedCredential,
     MintRequest,
+    ProviderAddressRefused,
     UpstreamMintFailed,
 )
 from controlplane.providers.oauth2_client_credentials import OAuth2ClientCredentialsProvider, OAuth2Settings
@@ -18,6 +19,7 @@ from controlplane.providers.static import StaticProvider
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "DEFAULT_MAX_TTL_SECONDS",
+    "DESTINATION_FIELDS",
     "JWT_TOKEN_TYPE",
     "PROVIDER_TYPES",
     "SECRET_FIELDS",
@@ -26,6 +28,7 @@ __all__ = [
     "MintRequest",
     "OAuth2ClientCredentialsProvider",
     "OAuth2Settings",
+    "ProviderAddressRefused",
     "SignedJwtProvider",
     "StaticProvider",
     "UpstreamMintFailed",
@@ -38,5 +41,13 @@ PROVIDER_TYPES = ("static", "oauth2-client-credentials", "signed-jwt")
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "static": ("value", "password"),
     "oauth2-client-credentials": ("client_secret",),
+    "signed-jwt": (),
+}
+
+# The config fields that decide where a provider's secret is sent: changing one needs the secret
+# given again in the same request, or clears it (api/credential_providers.py).
+DESTINATION_FIELDS: dict[str, tuple[str, ...]] = {
+    "static": (),
+    "oauth2-client-credentials": ("token_url", "ca_pem"),
     "signed-jwt": (),
 }

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidCredentialValue",
     "IssuedCredential",
     "MintRequest",
+    "ProviderAddressRefused",
     "UpstreamMintFailed",
 ]
 
@@ -40,6 +41,12 @@ class InvalidCredentialValue(UpstreamMintFailed):
     code = "invalid_credential"
 
 
+class ProviderAddressRefused(UpstreamMintFailed):
+    """The provider's endpoint is on an address the outbound policy refuses (SESAME_OUTBOUND_ALLOW)."""
+
+    code, status = "outbound_address_refused", 502
+
+
 @dataclass(frozen=True, kw_only=True)
 class MintRequest:
     """One credential to issue: for whom, for which audience, under which provider settings."""
@@ -51,7 +58,6 @@ class MintRequest:
     config: Mapping[str, Any]
     secret: Mapping[str, Any] = field(default_factory=dict, repr=False)
     secret_version: str = ""
-    issuer_url: str | None = None  # the control plane's public URL (the `iss` of signed JWTs)
 
 
 @dataclass(frozen=True, kw_only=True)

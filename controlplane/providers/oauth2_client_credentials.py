@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,13 @@ import aiohttp
 from cachetools import TTLCache
 
 from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import OutboundClient
-from controlplane.providers.base import IssuedCredential, MintRequest, UpstreamMintFailed
+from controlplane.outbound import AddressRefused, OutboundClient, OutboundPolicy
+from controlplane.providers.base import (
+    IssuedCredential,
+    MintRequest,
+    ProviderAddressRefused,
+    UpstreamMintFailed,
+)
 
 __all__ = [
     "DEFAULT_REFRESH_MARGIN_SECONDS",
@@ -29,7 +33,6 @@ __all__ = [
 DEFAULT_REFRESH_MARGIN_SECONDS = 60
 DEFAULT_TOKEN_ENDPOINT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
-_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,11 +63,12 @@ class OAuth2ClientCredentialsProvider:
         self,
         *,
         settings: OAuth2Settings = OAuth2Settings(),
-        session: aiohttp.ClientSession | None = None,
         clock: Clock = SystemClock(),
+        policy: OutboundPolicy | None = None,
     ) -> None:
+        """`policy` (default: global addresses only) guards every token endpoint request."""
         self._settings = settings
-        self._http = OutboundClient(session)
+        self._http = OutboundClient(policy)
         self._clock = clock
         self._tokens: TTLCache[str, _Token] = TTLCache(maxsize=4096, ttl=24 * 3600, timer=clock.time)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -147,6 +151,10 @@ class OAuth2ClientCredentialsProvider:
                 data=form,
                 headers=headers,
             )
+        except AddressRefused:
+            raise ProviderAddressRefused(
+                "the token endpoint is on an address outbound fetches may not reach"
+            ) from None
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             # Never the exception text: it may quote the request.
             raise UpstreamMintFailed(
@@ -156,10 +164,8 @@ class OAuth2ClientCredentialsProvider:
             body = json.loads(raw) if len(raw) <= self._settings.max_response_bytes else None
         except ValueError:
             body = None
-        if status != 200:
-            code = body.get("error") if isinstance(body, dict) else None
-            detail = f" ({code})" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
-            raise UpstreamMintFailed(f"the upstream token endpoint answered {status}{detail}")
+        if status != 200:  # nothing of the body: it is the endpoint's to say, not the caller's to read
+            raise UpstreamMintFailed(f"the upstream token endpoint answered {status}")
         if not isinstance(body, dict):
             raise UpstreamMintFailed("the upstream token endpoint did not answer a JSON object")
         return body

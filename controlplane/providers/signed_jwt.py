@@ -7,7 +7,7 @@ import uuid
 import jwt
 
 from controlplane.clock import Clock, SystemClock
-from controlplane.providers.base import JWT_TOKEN_TYPE, IssuedCredential, MintRequest, UpstreamMintFailed
+from controlplane.providers.base import JWT_TOKEN_TYPE, IssuedCredential, MintRequest
 from controlplane.signing_keys import ALG, SigningKeys
 
 __all__ = ["SignedJwtProvider", "subject_for"]
@@ -23,11 +23,9 @@ class SignedJwtProvider:
     Config: optional `ttl_seconds` (further capped by the policy and the key set's maximum).
     """
 
-    def __init__(
-        self, *, keys: SigningKeys, issuer_url: str | None = None, clock: Clock = SystemClock()
-    ) -> None:
+    def __init__(self, *, keys: SigningKeys, issuer_url: str, clock: Clock = SystemClock()) -> None:
         self._keys = keys
-        self._issuer = issuer_url
+        self._issuer = issuer_url.rstrip("/")  # configuration (`Config.issuer_url`), never a request
         self._clock = clock
 
     async def issue(self, request: MintRequest) -> IssuedCredential:
@@ -38,11 +36,8 @@ class SignedJwtProvider:
             ttl = min(ttl, configured)
         now = int(self._clock.time())
         identity = request.identity
-        issuer = request.issuer_url or self._issuer
-        if not issuer:
-            raise UpstreamMintFailed("the control plane's issuer URL is not configured")
         claims = {
-            "iss": issuer.rstrip("/"),
+            "iss": self._issuer,
             "sub": subject_for(identity.cluster, identity.namespace, identity.service_account),
             "aud": request.audience,
             "iat": now,

@@ -9,8 +9,9 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus
 
 import httpx
@@ -20,9 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from controlplane.attest import TokenReviewSettings
 from controlplane.clock import FakeClock
 from controlplane.exchange_settings import ExchangeSettings
-from devkit.controlplane_server import running_control_plane
+from controlplane.outbound import OutboundPolicy
+from devkit.controlplane_server import LOOPBACK, running_control_plane
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
 from tests.controlplane.conftest import client_for
@@ -146,20 +149,57 @@ class Env:
 
 
 @asynccontextmanager
-async def exchange_env(tmp_path: Path, settings: ExchangeSettings) -> AsyncIterator[Env]:
+async def exchange_env(
+    tmp_path: Path,
+    settings: ExchangeSettings,
+    *,
+    outbound: OutboundPolicy = LOOPBACK,
+    tokenreview: bool = False,
+    **config: Any,
+) -> AsyncIterator[Env]:
     """A control plane (port 0, SQLite in tmp_path) trusting a cluster issuer, with one workload,
-    one target (audience https://api.example) and one static provider registered; no policy."""
+    one target (audience https://api.example) and one static provider registered; no policy.
+
+    `tokenreview=True` verifies tokens by TokenReview (exempt from the outbound policy) instead of
+    the issuer's JWKS, so `outbound` need not allow-list the loopback issuer."""
     clock = FakeClock()
+    async with ClusterIssuer(clock=clock.time) as issuer, _exchange_env(
+        tmp_path, settings, issuer, clock, outbound=outbound, tokenreview=tokenreview, **config
+    ) as env:
+        yield env
+
+
+@asynccontextmanager
+async def _exchange_env(
+    tmp_path: Path,
+    settings: ExchangeSettings,
+    issuer: ClusterIssuer,
+    clock: FakeClock,
+    *,
+    outbound: OutboundPolicy,
+    tokenreview: bool,
+    **config: Any,
+) -> AsyncIterator[Env]:
+    cluster_body = {"name": "prod", "issuer": issuer.issuer}
+    if tokenreview:
+        kubeconfig = issuer.write_kubeconfig(tmp_path / "kubeconfig")
+        settings = replace(settings, tokenreview=TokenReviewSettings(kubeconfig=str(kubeconfig)))
+        cluster_body["verification"] = "tokenreview"
     async with (
-        ClusterIssuer(clock=clock.time) as issuer,
         running_control_plane(
-            tmp_path / "cp.db", clock=clock, kek=b"k" * 32, rate_limit_per_minute=100_000, exchange=settings
+            tmp_path / "cp.db",
+            clock=clock,
+            kek=b"k" * 32,
+            rate_limit_per_minute=100_000,
+            exchange=settings,
+            outbound=outbound,
+            **config,
         ) as cp,
         client_for(cp, cp.owner_key) as admin,
         client_for(cp, None) as http,
     ):
         partial = Env(cp.url, admin, http, issuer, clock, "", "", "", "")
-        cluster = await partial.create("/v1/clusters", {"name": "prod", "issuer": issuer.issuer})
+        cluster = await partial.create("/v1/clusters", cluster_body)
         workload = await partial.create(
             "/v1/workloads",
             service_account_workload(

@@ -10,6 +10,7 @@ import pytest
 
 from controlplane.attest import Attestor, ClusterTrust, InvalidSubjectToken, JwksSettings, JwksVerifier
 from controlplane.clock import FakeClock
+from devkit.controlplane_server import LOOPBACK
 from devkit.issuer import ClusterIssuer
 from tests.controlplane.conftest import Clusters, reason_of, refusal
 
@@ -21,7 +22,7 @@ def cluster(issuer: ClusterIssuer) -> ClusterTrust:
 
 @pytest.fixture
 async def verifier(clock: FakeClock):
-    verifier = JwksVerifier(clock=clock, settings=JwksSettings(refetch_interval_seconds=10))
+    verifier = JwksVerifier(policy=LOOPBACK, clock=clock, settings=JwksSettings(refetch_interval_seconds=10))
     yield verifier
     await verifier.close()
 
@@ -121,7 +122,7 @@ async def test_configured_jwks_uri_skips_discovery(clock) -> None:
         clock=clock.time, issuer="https://kubernetes.default.svc.cluster.local"
     ) as issuer:
         cluster = ClusterTrust(name="prod", issuer=issuer.issuer, jwks_uri=issuer.jwks_uri)
-        verifier = JwksVerifier(clock=clock)
+        verifier = JwksVerifier(policy=LOOPBACK, clock=clock)
         try:
             identity = await verifier.verify(issuer.mint(namespace="a", service_account="b"), cluster)
         finally:
@@ -133,7 +134,7 @@ async def test_discovery_naming_another_issuer_is_refused(clock) -> None:
     async with ClusterIssuer(clock=clock.time, issuer="https://kubernetes.default.svc") as issuer:
         # Registered under the served URL, but the document says the issuer is someone else.
         cluster = ClusterTrust(name="prod", issuer=issuer.url)
-        verifier = JwksVerifier(clock=clock)
+        verifier = JwksVerifier(policy=LOOPBACK, clock=clock)
         token = issuer.mint(namespace="a", service_account="b", claims={"iss": issuer.url})
         error = await refusal(verifier, token, cluster)
     assert error.reason == "jwks_unavailable"
@@ -143,7 +144,7 @@ async def test_unreachable_jwks_is_a_named_failure(clock) -> None:
     async with ClusterIssuer(clock=clock.time) as issuer:
         token = issuer.mint(namespace="a", service_account="b")
         cluster = ClusterTrust(name="prod", issuer=issuer.issuer)
-    verifier = JwksVerifier(clock=clock, settings=JwksSettings(fetch_timeout_seconds=2))
+    verifier = JwksVerifier(policy=LOOPBACK, clock=clock, settings=JwksSettings(fetch_timeout_seconds=2))
     error = await refusal(verifier, token, cluster)
     assert error.reason == "jwks_unavailable"
 

@@ -16,6 +16,7 @@ from controlplane.attest import (
     TokenReviewVerifier,
 )
 from controlplane.clock import FakeClock
+from devkit.controlplane_server import LOOPBACK
 from devkit.issuer import ClusterIssuer
 from tests.controlplane.conftest import Clusters, reason_of, refusal
 
@@ -31,7 +32,7 @@ async def verifier(issuer: ClusterIssuer, clock: FakeClock, tmp_path):
 @pytest.fixture
 async def attestor(issuer: ClusterIssuer, verifier: TokenReviewVerifier, clock: FakeClock):
     cluster = ClusterTrust(name="prod", issuer=issuer.issuer, verification="tokenreview")
-    jwks = JwksVerifier(clock=clock)
+    jwks = JwksVerifier(policy=LOOPBACK, clock=clock)
     yield Attestor(clusters=Clusters(cluster), jwks=jwks, tokenreview=verifier)
     await jwks.close()
 

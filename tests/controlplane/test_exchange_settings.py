@@ -10,7 +10,7 @@ from controlplane.attest import TokenReviewSettings
 from controlplane.config import Config
 from controlplane.errors import StartupError
 from controlplane.exchange_settings import ExchangeSettings
-from devkit.controlplane_server import control_plane_process
+from devkit.controlplane_server import LOOPBACK_ENV, control_plane_process
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
 
@@ -85,7 +85,7 @@ async def test_serve_flags_and_env_reach_the_running_exchange(tmp_path) -> None:
     async with ClusterIssuer() as issuer:
         with control_plane_process(
             tmp_path / "cp.db",
-            env={"SESAME_ISSUER_URL": public, "SESAME_EXCHANGE_RATE_LIMIT": "1000"},
+            env={"SESAME_ISSUER_URL": public, "SESAME_EXCHANGE_RATE_LIMIT": "1000", **LOOPBACK_ENV},
             args=("--exchange-rate-limit", "2"),
         ) as cp:
             auth = {"Authorization": f"Bearer {cp.owner_key}"}

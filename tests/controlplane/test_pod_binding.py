@@ -18,7 +18,7 @@ import pytest
 from controlplane.attest import TokenReviewSettings
 from controlplane.clock import FakeClock
 from controlplane.exchange_settings import ExchangeSettings
-from devkit.controlplane_server import running_control_plane
+from devkit.controlplane_server import LOOPBACK, running_control_plane
 from devkit.issuer import ClusterIssuer
 from tests.controlplane.conftest import client_for
 from tests.controlplane.exchange_support import JWT_TYPE, STATIC_SECRET, Env, allow
@@ -42,6 +42,7 @@ async def bound_env(
                 kek=b"k" * 32,
                 rate_limit_per_minute=100_000,
                 exchange=settings,
+                outbound=LOOPBACK,
             ) as cp,
             client_for(cp, cp.owner_key) as admin,
             client_for(cp, None) as http,

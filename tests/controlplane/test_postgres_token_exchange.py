@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import jwt
 
-from devkit.controlplane_server import running_control_plane
+from devkit.controlplane_server import LOOPBACK, running_control_plane
 from devkit.issuer import ClusterIssuer
 from tests.controlplane.conftest import TEST_RATE_LIMIT, client_for
 
@@ -19,7 +19,11 @@ async def test_token_exchange_and_proxy_routes_on_postgres(pg_dsn, tmp_path, clo
     async with (
         ClusterIssuer(clock=clock.time) as issuer,
         running_control_plane(
-            tmp_path / "unused.db", db_dsn=pg_dsn, clock=clock, rate_limit_per_minute=TEST_RATE_LIMIT
+            tmp_path / "unused.db",
+            db_dsn=pg_dsn,
+            clock=clock,
+            rate_limit_per_minute=TEST_RATE_LIMIT,
+            outbound=LOOPBACK,
         ) as cp,
         client_for(cp, cp.owner_key) as admin,
         client_for(cp, None) as http,
@@ -102,7 +106,7 @@ async def test_token_exchange_and_proxy_routes_on_postgres(pg_dsn, tmp_path, clo
 async def test_observations_accumulate_on_postgres(pg_dsn, tmp_path, clock):
     async with (
         ClusterIssuer(clock=clock.time) as issuer,
-        running_control_plane(tmp_path / "unused.db", db_dsn=pg_dsn, clock=clock) as cp,
+        running_control_plane(tmp_path / "unused.db", db_dsn=pg_dsn, clock=clock, outbound=LOOPBACK) as cp,
         client_for(cp, cp.owner_key) as admin,
         client_for(cp, None) as http,
     ):

@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from devkit.certs import DevCA
-from devkit.controlplane_server import control_plane_process
+from devkit.controlplane_server import LOOPBACK_ENV, control_plane_process
 from devkit.issuer import ClusterIssuer
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with control_plane_process(tmp_path_factory.mktemp("cli") / "cp.db") as cp:
+    with control_plane_process(tmp_path_factory.mktemp("cli") / "cp.db", env=LOOPBACK_ENV) as cp:
         yield cp
 
 

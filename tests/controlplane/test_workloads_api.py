@@ -70,17 +70,17 @@ async def test_default_limit_is_20(admin, control_plane):
 
 
 async def test_bad_cursor_and_limit_are_invalid_request(admin):
-    for params, field in (
-        ({"cursor": "not-a-cursor!"}, "cursor"),
-        ({"cursor": "eyJ4IjoxfQ"}, "cursor"),
-        ({"limit": "0"}, "limit"),
-        ({"limit": "101"}, "limit"),
-        ({"limit": "ten"}, "limit"),
-        ({"bogus": "1"}, "bogus"),
+    for params, field, code in (
+        ({"cursor": "not-a-cursor!"}, "cursor", "invalid_cursor"),
+        ({"cursor": "eyJ4IjoxfQ"}, "cursor", "invalid_cursor"),
+        ({"limit": "0"}, "limit", "invalid_request"),
+        ({"limit": "101"}, "limit", "invalid_request"),
+        ({"limit": "ten"}, "limit", "invalid_request"),
+        ({"bogus": "1"}, "bogus", "invalid_request"),
     ):
         resp = await admin.get("/v1/workloads", params=params)
         assert resp.status_code == 400, params
-        assert resp.json()["error"] == "invalid_request"
+        assert resp.json()["error"] == code
         assert resp.json()["field"] == field
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devkit.controlplane_server import running_control_plane
+from devkit.controlplane_server import LOOPBACK, running_control_plane
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
 from tests.proxy.conftest import pki  # noqa: F401  (the session PKI fixture, shared with tests/proxy)
@@ -77,7 +77,7 @@ async def register_workload(s: Sesame) -> None:
 async def sesame(tmp_path: Path) -> AsyncIterator[Sesame]:
     async with (
         ClusterIssuer() as issuer,
-        running_control_plane(tmp_path / "cp.db") as cp,
+        running_control_plane(tmp_path / "cp.db", outbound=LOOPBACK) as cp,
         aiohttp.ClientSession() as http,
     ):
         token_file = issuer.write_token(

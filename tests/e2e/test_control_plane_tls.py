@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from devkit.certs import DevCA
-from devkit.controlplane_server import ControlPlaneProcess, control_plane_process
+from devkit.controlplane_server import LOOPBACK_ENV, ControlPlaneProcess, control_plane_process
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
 from devkit.upstream import ApiServer, server_context
@@ -47,7 +47,7 @@ def tls_control_plane(tmp_path: Path) -> Iterator[TlsControlPlane]:
     ca_file = ca.write_ca(tmp_path / "cp-ca.pem")
     cert = ca.issue(["127.0.0.1", "localhost"], tmp_path / "cp-tls", stem="controlplane")
     args = ("--tls-cert", str(cert.cert_file), "--tls-key", str(cert.key_file))
-    with control_plane_process(tmp_path / "cp.db", args=args) as process:
+    with control_plane_process(tmp_path / "cp.db", args=args, env=LOOPBACK_ENV) as process:
         yield TlsControlPlane(process, ca, ca_file)
 
 

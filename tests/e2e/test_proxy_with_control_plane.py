@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from devkit.controlplane_server import running_control_plane
+from devkit.controlplane_server import LOOPBACK, running_control_plane
 from devkit.issuer import ClusterIssuer
 from devkit.upstream import ApiServer, server_context
 from proxy.app import Proxy
@@ -67,7 +67,7 @@ async def test_cached_credential_outlives_the_control_plane_until_it_expires(tmp
     verify = ssl.create_default_context(cafile=str(pki.client_bundle))
     url = f"https://localhost:{api.port}/v1/charges"
     async with ClusterIssuer() as issuer, aiohttp.ClientSession() as http:
-        async with running_control_plane(tmp_path / "cp.db") as cp:
+        async with running_control_plane(tmp_path / "cp.db", outbound=LOOPBACK) as cp:
             token_file = issuer.write_token(
                 tmp_path / "token", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT
             )

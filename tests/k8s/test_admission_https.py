@@ -19,6 +19,7 @@ import pytest
 from controlplane.api_keys import generate_key
 from controlplane.app import create_app
 from controlplane.config import Config
+from controlplane.exchange_settings import ExchangeSettings
 from controlplane.injector_spec import InjectorSettings
 from devkit.certs import DevCA
 from devkit.controlplane_server import serving
@@ -71,6 +72,7 @@ async def webhook(tmp_path):
         tls_cert=server.cert_file,
         tls_key=server.key_file,
         injector=InjectorSettings(proxy_image="registry.example.com/sesame-proxy:0.1.0"),
+        exchange=ExchangeSettings(issuer_url=f"https://{SERVICE_DNS}"),  # port 0: nothing to derive
     )
     client_ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
     async with (

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.app import create_app
 from controlplane.config import Config
+from controlplane.exchange_settings import ExchangeSettings
 from devkit.controlplane_server import serving
 from devkit.upstream import server_context
 
@@ -90,6 +91,7 @@ async def test_metrics_scrape_as_the_service_monitor_describes(helm: Path, tmp_p
         kek=b"k" * 32,
         tls_cert=tmp_path / "tls.crt",
         tls_key=tmp_path / "tls.key",
+        exchange=ExchangeSettings(issuer_url="https://sesame.example"),  # port 0: nothing to derive
     )
     client_ctx = ssl.create_default_context(
         cadata=base64.b64decode(secret[tls["ca"]["secret"]["key"]]).decode()
