@@ -14,6 +14,13 @@ from typing import Any, Literal
 
 from controlplane.errors import InvalidRequest
 from controlplane.injector_mesh import Mesh, detect_meshes, mesh_init_end
+from controlplane.injector_runtimes import (
+    JAVA_PROXY_PROPERTIES,
+    PROXY_VARIABLES,
+    explicit_env,
+    java_options,
+    trust_env,
+)
 from controlplane.injector_spec import (
     ANNOTATION_PREFIX,
     INIT_NAME,
@@ -23,11 +30,9 @@ from controlplane.injector_spec import (
     VOLUME_NAMES,
     InjectorSettings,
     Resources,
-    explicit_env,
     init_container,
     invalid_cidrs,
     proxy_container,
-    trust_env,
     valid_quantity,
     volumes,
 )
@@ -257,9 +262,6 @@ def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[d
     resources = _resources(annotations, settings.resources)
     exclude_cidrs = settings.exclude_cidrs + _cidrs(annotations)
     exclude_ports = settings.exclude_ports + _ports(annotations)
-    env = dict(trust_env(settings))
-    if mode == "explicit":
-        env.update(explicit_env(settings))
 
     ops: list[dict[str, Any]] = []
     # 1. existing containers first, by their original index (the inserts below shift initContainers).
@@ -267,6 +269,7 @@ def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[d
     for path, items in (("/spec/containers", containers), ("/spec/initContainers", inits)):
         for index, container in enumerate(items):
             if container.get("name") in selected:
+                env = _container_env(container, settings, mode == "explicit", warnings)
                 ops += _container_ops(f"{path}/{index}", container, env, warnings)
 
     # 2. volumes, 3. the init container and the proxy, 4. the status annotation.
@@ -295,6 +298,41 @@ def build_patch(pod: dict[str, Any], settings: InjectorSettings) -> tuple[list[d
             {"op": "add", "path": f"/metadata/annotations/{escape_pointer(A_STATUS)}", "value": INJECTED}
         )
     return ops, warnings
+
+
+def _own_proxy(container: dict[str, Any]) -> list[str]:
+    """The proxy variables (either spelling) and Java proxy properties the container sets itself."""
+    own = []
+    for entry in _list(container, "env"):
+        var = str(entry.get("name") or "")
+        if var.upper() in PROXY_VARIABLES:
+            own.append(var)
+        elif var == JAVA_TOOL_OPTIONS:
+            own += [p.rstrip("=") for p in JAVA_PROXY_PROPERTIES if p in str(entry.get("value") or "")]
+    return own
+
+
+def _container_env(
+    container: dict[str, Any], settings: InjectorSettings, explicit: bool, warnings: list[str]
+) -> dict[str, str]:
+    """Trust variables always; proxy settings in explicit mode unless the container has its own.
+
+    One rule for every runtime: a container that sets any proxy variable (either spelling) or Java
+    proxy property keeps its own proxy for everything, and sesame adds no proxy setting to it.
+    """
+    env = trust_env(settings)
+    own = _own_proxy(container) if explicit else []
+    if own:
+        warnings.append(
+            f"container {container.get('name')!r} sets its own proxy ({', '.join(own)}); sesame added no "
+            "proxy setting to it (HTTP(S)_PROXY/NO_PROXY in either case, NODE_USE_ENV_PROXY, Java "
+            "properties): its calls use its own proxy and get no sesame credential"
+        )
+    proxy = explicit and not own
+    if proxy:
+        env.update(explicit_env(settings))
+    env[JAVA_TOOL_OPTIONS] = java_options(settings, proxy=proxy)
+    return env
 
 
 def _container_ops(

@@ -20,14 +20,15 @@ __all__ = [
     "INIT_NAME",
     "PROXY_NAME",
     "TOKEN_PATH",
+    "TRUST_BUNDLE",
     "TRUST_DIR",
+    "TRUST_STORE",
     "VOLUME_NAMES",
     "InjectorSettings",
     "Resources",
     "init_container",
     "proxy_container",
     "proxy_env",
-    "trust_env",
     "valid_quantity",
     "volumes",
 ]
@@ -110,6 +111,9 @@ class InjectorSettings:
     # Dual-stack clusters: transparent pods also redirect IPv6 (the proxy listens on [::1] too).
     ipv6: bool = False
     no_proxy: tuple[str, ...] = DEFAULT_NO_PROXY
+    # NO_PROXY also names the cluster: .svc, .<cluster_domain> and these pod/service CIDRs.
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    cluster_cidrs: tuple[str, ...] = ()
     proxy_port: int = DEFAULT_PROXY_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
     proxy_uid: int = DEFAULT_PROXY_UID
@@ -131,9 +135,15 @@ class InjectorSettings:
             value = getattr(self.resources, name)
             if value and not valid_quantity(value):
                 raise StartupError(f"SESAME_INJECTOR_PROXY_{name.upper()} is not a quantity: {value!r}")
-        bad = invalid_cidrs(self.exclude_cidrs)
-        if bad:
-            raise StartupError(f"SESAME_INJECTOR_EXCLUDE_CIDRS: not a CIDR: {', '.join(bad)}")
+        for name, cidrs in (("EXCLUDE_CIDRS", self.exclude_cidrs), ("CLUSTER_CIDRS", self.cluster_cidrs)):
+            bad = invalid_cidrs(cidrs)
+            if bad:
+                raise StartupError(f"SESAME_INJECTOR_{name}: not a CIDR: {', '.join(bad)}")
+        if not _DNS_NAME.match(self.cluster_domain):
+            raise StartupError(f"SESAME_INJECTOR_CLUSTER_DOMAIN is not a DNS name: {self.cluster_domain!r}")
+        for entry in self.no_proxy:
+            if not entry or any(c.isspace() or c == "," or ord(c) < 32 or ord(c) == 127 for c in entry):
+                raise StartupError(f"SESAME_INJECTOR_NO_PROXY entry {entry!r} is not a host, domain or CIDR")
         for name in ("proxy_port", "admin_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise StartupError(f"SESAME_INJECTOR_{name.upper()} must be a TCP port")
@@ -191,6 +201,8 @@ class InjectorSettings:
             exclude_ports=ports,
             ipv6=flag("IPV6", False),
             no_proxy=items("NO_PROXY") or DEFAULT_NO_PROXY,
+            cluster_domain=get("CLUSTER_DOMAIN", DEFAULT_CLUSTER_DOMAIN).strip().rstrip("."),
+            cluster_cidrs=items("CLUSTER_CIDRS"),
             proxy_port=proxy_port,
             admin_port=admin_port,
             proxy_uid=proxy_uid,
@@ -319,32 +331,6 @@ def volumes(settings: InjectorSettings) -> list[dict[str, Any]]:
         {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
         {"name": TRUST_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
-
-
-def trust_env(settings: InjectorSettings) -> dict[str, str]:
-    """Variables that point app runtimes at the trust bundle (JAVA_TOOL_OPTIONS is appended to)."""
-    java = (
-        f"-Djavax.net.ssl.trustStore={TRUST_STORE} -Djavax.net.ssl.trustStoreType=PKCS12 "
-        f"-Djavax.net.ssl.trustStorePassword={settings.truststore_password}"
-    )
-    return {
-        "SSL_CERT_FILE": TRUST_BUNDLE,
-        "REQUESTS_CA_BUNDLE": TRUST_BUNDLE,
-        "CURL_CA_BUNDLE": TRUST_BUNDLE,
-        "NODE_EXTRA_CA_CERTS": TRUST_BUNDLE,
-        "JAVA_TOOL_OPTIONS": java,
-    }
-
-
-def explicit_env(settings: InjectorSettings) -> dict[str, str]:
-    """HTTP(S)_PROXY/NO_PROXY in both spellings for ``sesame.dev/mode: explicit``."""
-    url = f"http://127.0.0.1:{settings.proxy_port}"
-    no_proxy = ",".join(settings.no_proxy)
-    env: dict[str, str] = {}
-    for name, value in (("HTTP_PROXY", url), ("HTTPS_PROXY", url), ("NO_PROXY", no_proxy)):
-        env[name] = value
-        env[name.lower()] = value
-    return env
 
 
 TRUST_MOUNT = {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True}

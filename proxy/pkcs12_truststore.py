@@ -13,7 +13,7 @@ import os
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["serialize"]
+__all__ = ["serialize", "trust_entries"]
 
 _DATA = "1.2.840.113549.1.7.1"
 _CERT_BAG = "1.2.840.113549.1.12.10.1.3"
@@ -90,6 +90,28 @@ def _kdf(password: bytes, salt: bytes, ident: int, iterations: int, size: int) -
             for j in range(0, len(block), v)
         )
     return out[:size]
+
+
+def trust_entries(roots_pem: bytes, ca_pem: bytes) -> list[tuple[str, x509.Certificate]]:
+    """The system roots (as the JDK's cacerts holds them) plus the pod CA, with unique aliases.
+
+    A store with only the pod CA makes Java distrust every public host; so every certificate of the
+    system bundle that parses is kept (duplicates once), and the pod CA is added last.
+    """
+    entries: list[tuple[str, x509.Certificate]] = []
+    seen: set[bytes] = set()
+    for index, block in enumerate(roots_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]):
+        try:
+            cert = x509.load_pem_x509_certificate(b"-----BEGIN CERTIFICATE-----" + block)
+            der = cert.public_bytes(Encoding.DER)
+        except ValueError:
+            continue  # one unreadable entry must not cost the app every other root
+        if der in seen:
+            continue
+        seen.add(der)
+        entries.append((f"system-{index:03d}-{hashlib.sha256(der).hexdigest()[:12]}", cert))
+    entries.append(("sesame-pod-ca", x509.load_pem_x509_certificate(ca_pem)))
+    return entries
 
 
 def serialize(certs: list[tuple[str, x509.Certificate]], password: str) -> bytes:

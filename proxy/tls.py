@@ -95,8 +95,8 @@ def init_pod_ca(
     roots = Path(system_roots_file()).read_bytes()
     bundle, truststore = trust_dir / BUNDLE_NAME, trust_dir / TRUSTSTORE_NAME
     _write_public(bundle, roots.rstrip(b"\n") + b"\n" + ca_pem)
-    entry = [("sesame-pod-ca", x509.load_pem_x509_certificate(ca_pem))]
-    _write_public(truststore, pkcs12_truststore.serialize(entry, truststore_password))
+    entries = pkcs12_truststore.trust_entries(roots, ca_pem)  # Java: public roots too, not only ours
+    _write_public(truststore, pkcs12_truststore.serialize(entries, truststore_password))
     return {"ca": ca_dir / f"{CA_BASENAME}-ca-cert.pem", "bundle": bundle, "truststore": truststore}
 
 

@@ -140,7 +140,8 @@ def test_explicit_mode_sets_proxy_env_and_needs_no_net_admin():
     env = env_of(container(result, "app"))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert env[name] == "http://127.0.0.1:16001"
-    assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1"
+    no_proxy = "localhost,127.0.0.1,::1,kubernetes.default.svc,.svc,.cluster.local"  # + the cluster's names
+    assert env["NO_PROXY"] == env["no_proxy"] == no_proxy
     assert env["SSL_CERT_FILE"] == BUNDLE
     init = container(result, "sesame-init")
     assert "--mode=explicit" in init["args"]
