@@ -24,7 +24,12 @@ from controlplane.attest import (
     TokenReviewVerifier,
 )
 from controlplane.denials import DENIALS
-from controlplane.providers import OAuth2ClientCredentialsProvider, SignedJwtProvider, StaticProvider
+from controlplane.providers import (
+    OAuth2ClientCredentialsProvider,
+    ProviderGuard,
+    SignedJwtProvider,
+    StaticProvider,
+)
 from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
 from controlplane.store.sql.exchange import SqlExchange
@@ -109,6 +114,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         rate_limit_per_minute=settings.rate_limit_per_minute,
         approval_window_seconds=settings.approval_window_seconds,
+        guard=ProviderGuard(settings.providers, clock),
     )
     try:
         yield

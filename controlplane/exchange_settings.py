@@ -15,6 +15,7 @@ from controlplane.attest.attestor import DEFAULT_VERIFIED_CACHE_SECONDS
 from controlplane.attest.identity import DEFAULT_CLUSTER_AUDIENCE
 from controlplane.errors import StartupError
 from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS
+from controlplane.providers.guard import GuardSettings
 from controlplane.signing_keys import DEFAULT_KEY_PUBLICATION_SECONDS, DEFAULT_MAX_SIGNED_JWT_TTL_SECONDS
 
 __all__ = [
@@ -61,6 +62,7 @@ class ExchangeSettings:
     key_publication_seconds: float = DEFAULT_KEY_PUBLICATION_SECONDS
     attestation_cache_seconds: float = DEFAULT_VERIFIED_CACHE_SECONDS
     registry_cache_seconds: float = DEFAULT_REGISTRY_CACHE_SECONDS
+    providers: GuardSettings = field(default_factory=GuardSettings)  # timeout and circuit breaker
     jwks: JwksSettings = field(default_factory=JwksSettings)
     tokenreview: TokenReviewSettings = field(default_factory=TokenReviewSettings)
 
@@ -107,6 +109,7 @@ class ExchangeSettings:
             key_publication_seconds=_number(
                 float, pick("key_publication_delay"), DEFAULT_KEY_PUBLICATION_SECONDS, "key_publication_delay"
             ),
+            providers=GuardSettings.build(env),
             tokenreview=TokenReviewSettings(kubeconfig=pick("kubeconfig"), context=pick("kube_context")),
         )
 

@@ -23,8 +23,10 @@ from controlplane.metrics import Metrics
 from controlplane.policy import DEFAULT_APPROVAL_WINDOW_SECONDS, Approval, Decision, Rule, evaluate
 from controlplane.providers import (
     CredentialProvider,
+    GuardSettings,
     IssuedCredential,
     MintRequest,
+    ProviderGuard,
     UpstreamMintFailed,
 )
 from controlplane.ratelimit import RateLimiter
@@ -128,6 +130,7 @@ class TokenExchange:
         denials: DenialLog | None = None,
         rate_limit_per_minute: int = DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE,
         approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS,
+        guard: ProviderGuard | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -139,6 +142,7 @@ class TokenExchange:
         self._clock = clock
         self._limiter = RateLimiter(limit=rate_limit_per_minute, clock=clock)
         self._approval_window = approval_window_seconds
+        self._guard = guard or ProviderGuard(GuardSettings(), clock)
 
     # the caller ---------------------------------------------------------------------------------
     async def attest(self, subject_token: str, ctx: dict[str, Any] | None = None) -> Attested:
@@ -272,8 +276,11 @@ class TokenExchange:
             secret=secret,
             secret_version=record.get("updated_at", ""),
         )
+        flight = getattr(provider, "flight_key", None)
         try:
-            return await provider.issue(request)
+            return await self._guard.call(
+                record["id"], flight(request) if flight else None, lambda: provider.issue(request)
+            )
         except SesameError:
             raise
         except Exception as exc:  # a provider bug must still be a named, audited failure

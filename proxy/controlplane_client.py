@@ -12,7 +12,14 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, ProxyError, UpstreamProtocolError
+from proxy.errors import (
+    ApprovalPending,
+    CredentialUnavailable,
+    Denied,
+    ProviderFailed,
+    ProxyError,
+    UpstreamProtocolError,
+)
 from proxy.http_framing import find_head, framer
 from proxy.http_messages import Body, Response, parse_response_head, serialize_head
 from proxy.identity import TokenFile
@@ -24,6 +31,7 @@ DEFAULT_CP_TIMEOUT = 5.0
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _DENIALS = {"policy_denied", "workload_revoked", "unknown_workload", "unknown_target"}
+_PROVIDER_FAILURES = {"provider_timeout": 504, "provider_unavailable": 503}
 
 
 class ControlPlaneClient:
@@ -84,6 +92,9 @@ class ControlPlaneClient:
             raise ApprovalPending("the policy for this target requires an approval", approval_id=approval_id)
         if status in (403, 404) and code in _DENIALS:
             raise Denied(code, str(body.get("message") or code))
+        if code in _PROVIDER_FAILURES:
+            message = f"the target's credential provider failed: {code}"
+            raise ProviderFailed(code, _PROVIDER_FAILURES[code], message)
         raise CredentialUnavailable(f"token exchange failed: {_describe(status, body)}")
 
     async def heartbeat(self, pod: str, version: str) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "HeaderTimeout",
     "InvalidCredential",
     "MisdirectedRequest",
+    "ProviderFailed",
     "ProxyError",
     "URITooLong",
     "UnsupportedTransferCoding",
@@ -102,6 +103,15 @@ class CredentialUnavailable(ProxyError):
     """No valid credential and none obtainable: the request is not forwarded (fail closed)."""
 
     code, status = "credential_unavailable", 503
+
+
+class ProviderFailed(CredentialUnavailable):
+    """The control plane answered that the target's credential provider failed: its code and status
+    (`provider_timeout` 504, `provider_unavailable` 503) reach the app, so the right side is blamed."""
+
+    def __init__(self, code: str, status: int, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code, self.status = code, status
 
 
 class Denied(ProxyError):

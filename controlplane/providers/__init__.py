@@ -10,8 +10,11 @@ from controlplane.providers.base import (
     IssuedCredential,
     MintRequest,
     ProviderAddressRefused,
+    ProviderTimeout,
+    ProviderUnavailable,
     UpstreamMintFailed,
 )
+from controlplane.providers.guard import GuardSettings, ProviderGuard
 from controlplane.providers.oauth2_client_credentials import OAuth2ClientCredentialsProvider, OAuth2Settings
 from controlplane.providers.signed_jwt import SignedJwtProvider, subject_for
 from controlplane.providers.static import StaticProvider
@@ -24,11 +27,15 @@ __all__ = [
     "PROVIDER_TYPES",
     "SECRET_FIELDS",
     "CredentialProvider",
+    "GuardSettings",
     "IssuedCredential",
     "MintRequest",
     "OAuth2ClientCredentialsProvider",
     "OAuth2Settings",
     "ProviderAddressRefused",
+    "ProviderGuard",
+    "ProviderTimeout",
+    "ProviderUnavailable",
     "SignedJwtProvider",
     "StaticProvider",
     "UpstreamMintFailed",

@@ -19,6 +19,8 @@ __all__ = [
     "IssuedCredential",
     "MintRequest",
     "ProviderAddressRefused",
+    "ProviderTimeout",
+    "ProviderUnavailable",
     "UpstreamMintFailed",
 ]
 
@@ -39,6 +41,18 @@ class InvalidCredentialValue(UpstreamMintFailed):
     header the proxy writes it into, so it is refused and never reaches a workload."""
 
     code = "invalid_credential"
+
+
+class ProviderTimeout(UpstreamMintFailed):
+    """The credential provider (its upstream endpoint) did not answer in time: the provider's side."""
+
+    code, status = "provider_timeout", 504
+
+
+class ProviderUnavailable(UpstreamMintFailed):
+    """The provider's upstream is unreachable or failing (5xx), or its circuit breaker is open."""
+
+    code, status = "provider_unavailable", 503
 
 
 class ProviderAddressRefused(UpstreamMintFailed):
@@ -83,6 +97,11 @@ class IssuedCredential:
 
 
 class CredentialProvider(Protocol):
-    """Issues a credential for one exchange; raises `UpstreamMintFailed`."""
+    """Issues a credential for one exchange; raises `UpstreamMintFailed`.
+
+    A provider whose result is the same for every caller of a key (an upstream token) may define
+    `flight_key(request) -> str`: concurrent calls with one key then share one `issue`
+    (`controlplane.providers.guard`).
+    """
 
     async def issue(self, request: MintRequest) -> IssuedCredential: ...

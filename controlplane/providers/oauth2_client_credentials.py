@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -20,6 +19,8 @@ from controlplane.providers.base import (
     IssuedCredential,
     MintRequest,
     ProviderAddressRefused,
+    ProviderTimeout,
+    ProviderUnavailable,
     UpstreamMintFailed,
 )
 
@@ -71,18 +72,18 @@ class OAuth2ClientCredentialsProvider:
         self._http = OutboundClient(policy)
         self._clock = clock
         self._tokens: TTLCache[str, _Token] = TTLCache(maxsize=4096, ttl=24 * 3600, timer=clock.time)
-        self._locks: dict[str, asyncio.Lock] = {}
         self.fetches = 0
 
     async def close(self) -> None:
         await self._http.close()
 
+    def flight_key(self, request: MintRequest) -> str:
+        """Concurrent exchanges for one provider config and secret share one upstream fetch."""
+        return self._cache_key(request)
+
     async def issue(self, request: MintRequest) -> IssuedCredential:
         key = self._cache_key(request)
-        token = self._fresh(key)
-        if token is None:
-            async with self._locks.setdefault(key, asyncio.Lock()):
-                token = self._fresh(key) or await self._fetch(request, key)
+        token = self._fresh(key) or await self._fetch(request, key)
         remaining = int(token.expires_at - self._clock.time())
         return IssuedCredential(
             access_token=token.access_token,
@@ -155,16 +156,20 @@ class OAuth2ClientCredentialsProvider:
             raise ProviderAddressRefused(
                 "the token endpoint is on an address outbound fetches may not reach"
             ) from None
-        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+        except TimeoutError:
+            raise ProviderTimeout("the upstream token endpoint did not answer in time") from None
+        except (aiohttp.ClientError, ssl.SSLError) as exc:
             # Never the exception text: it may quote the request.
-            raise UpstreamMintFailed(
+            raise ProviderUnavailable(
                 f"the upstream token endpoint is unreachable ({type(exc).__name__})"
             ) from None
         try:
             body = json.loads(raw) if len(raw) <= self._settings.max_response_bytes else None
         except ValueError:
             body = None
-        if status != 200:  # nothing of the body: it is the endpoint's to say, not the caller's to read
+        if status >= 500:  # nothing of the body: it is the endpoint's to say, not the caller's to read
+            raise ProviderUnavailable(f"the upstream token endpoint answered {status}")
+        if status != 200:
             raise UpstreamMintFailed(f"the upstream token endpoint answered {status}")
         if not isinstance(body, dict):
             raise UpstreamMintFailed("the upstream token endpoint did not answer a JSON object")

@@ -95,7 +95,7 @@ REJECTIONS = [
     ("unknown_target", 404, "unknown_target"),
     ("no_policy", 403, "policy_denied"),
     ("explicit_deny", 403, "policy_denied"),
-    ("upstream_down", 502, "upstream_mint_failed"),
+    ("upstream_down", 503, "provider_unavailable"),
     ("missing_audience", 400, "invalid_request"),
     ("wrong_token_type", 400, "invalid_request"),
 ]
