@@ -9,7 +9,7 @@ Long-lived objects live on the app under typed keys (import them from `controlpl
     app[ENVELOPE]      Envelope           `seal(bytes, aad) -> bytes`, `open(bytes, aad) -> bytes`
     app[METRICS]       Metrics            `token_issued(target)`, `token_denied(reason)`
     app[API_KEYS]      ApiKeys            create / authenticate / revoke admin keys
-    app[RATE_LIMITER]  RateLimiter        per admin key
+    app[RATE_LIMITER]  Limiter            per admin API key (shared by replicas on PostgreSQL)
     app[SOURCE_LIMITER] SourceLimiter     per source address, before authentication
     app[DENIALS]       DenialLog          aggregated audit of unauthenticated denials
     app[ROUTES]        list[Route]        every registered route (drives /openapi.json, /v1/permissions)
@@ -51,7 +51,7 @@ from controlplane.envelope import Envelope
 from controlplane.errors import StartupError
 from controlplane.metrics import Metrics
 from controlplane.middlewares import error_middleware, observe_middleware, source_limit_middleware
-from controlplane.ratelimit import RateLimiter
+from controlplane.ratelimit import new_limiter
 from controlplane.routes import Route
 from controlplane.routing import register_routes
 from controlplane.source_limits import SOURCE_LIMITER, SourceLimiter
@@ -86,7 +86,15 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[METRICS] = Metrics()
     app[AUDIT] = AuditWriter(store.audit, clock, batch_max=config.audit_batch_max, metrics=app[METRICS])
     app[API_KEYS] = ApiKeys(store.api_keys, clock)
-    app[RATE_LIMITER] = RateLimiter(limit=config.rate_limit_per_minute, clock=clock)
+    # Checked after authentication: only admins reach it, so a failed shared counter fails open.
+    app[RATE_LIMITER] = new_limiter(
+        store.rate_limits,
+        name="admin",
+        limit=config.rate_limit_per_minute,
+        clock=clock,
+        fail_open=True,
+        metrics=app[METRICS],
+    )
     app[SOURCE_LIMITER] = SourceLimiter(config.source_limits, clock)
     app[DENIALS] = DenialLog(
         app[AUDIT],

@@ -13,7 +13,7 @@ from controlplane.clock import Clock
 from controlplane.config import Config
 from controlplane.envelope import Envelope
 from controlplane.metrics import Metrics
-from controlplane.ratelimit import RateLimiter
+from controlplane.ratelimit import Limiter
 from controlplane.routes import Route
 from controlplane.store.base import ApiKey
 from controlplane.store.sql import SqlStore
@@ -45,7 +45,7 @@ AUDIT = web.AppKey("audit", AuditWriter)
 ENVELOPE = web.AppKey("envelope", Envelope)
 METRICS = web.AppKey("metrics", Metrics)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+RATE_LIMITER = web.AppKey("rate_limiter", Limiter)
 ROUTES = web.AppKey("routes", list[Route])
 READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])
 

@@ -30,6 +30,7 @@ from controlplane.providers import (
     SignedJwtProvider,
     StaticProvider,
 )
+from controlplane.ratelimit import new_limiter
 from controlplane.registry_cache import RegistryCache
 from controlplane.signing_keys import SigningKeys
 from controlplane.store.sql.exchange import SqlExchange
@@ -112,7 +113,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         denials=app[DENIALS],
         metrics=app[METRICS],
         clock=clock,
-        rate_limit_per_minute=settings.rate_limit_per_minute,
+        # Checked after attestation, for workloads: a failed shared counter fails closed.
+        limiter=new_limiter(
+            app[STORE].rate_limits,
+            name="exchange",
+            limit=settings.rate_limit_per_minute,
+            clock=clock,
+            fail_open=False,
+            metrics=app[METRICS],
+        ),
         approval_window_seconds=settings.approval_window_seconds,
         guard=ProviderGuard(settings.providers, clock),
     )

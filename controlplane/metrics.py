@@ -55,6 +55,12 @@ class Metrics:
             ["type", "reason"],
             registry=self.registry,
         )
+        self.rate_limit_failures = Counter(
+            "sesame_rate_limit_failures",
+            "Shared rate-limit checks that failed, by limiter and outcome (fail_open, fail_closed)",
+            ["limiter", "outcome"],
+            registry=self.registry,
+        )
         # labelled children by label values: `labels()` validates and locks on every call, and
         # these are counted on every request (label sets are bounded: route templates, codes).
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -83,6 +89,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.unauthenticated_denials.labels(type, reason)
         child.inc()
+
+    def rate_limit_failed(self, limiter: str, outcome: str) -> None:
+        self.rate_limit_failures.labels(limiter, outcome).inc()
 
     def _child(self, metric: Counter, value: str) -> Any:
         key = (metric, value)

@@ -58,7 +58,7 @@ async def _authorize(request: web.Request, route: Route) -> None:
             raise Unauthorized("missing Authorization: Bearer <api key>")
         key = await request.app[API_KEYS].authenticate(token)
         request[PRINCIPAL] = key
-        request.app[RATE_LIMITER].check(key.id)
+        await request.app[RATE_LIMITER].acquire(key.id)
         if not route.permission.allows(Role.parse(key.role)):
             raise Forbidden(f"role {key.role} lacks permission {route.permission.name}")
     except Unauthorized as exc:

@@ -29,7 +29,7 @@ from controlplane.providers import (
     ProviderGuard,
     UpstreamMintFailed,
 )
-from controlplane.ratelimit import RateLimiter
+from controlplane.ratelimit import Limiter, RateLimiter
 from controlplane.registry_cache import RegistryCache
 from controlplane.store.sql.exchange import SqlExchange
 
@@ -129,6 +129,7 @@ class TokenExchange:
         clock: Clock,
         denials: DenialLog | None = None,
         rate_limit_per_minute: int = DEFAULT_EXCHANGE_RATE_LIMIT_PER_MINUTE,
+        limiter: Limiter | None = None,
         approval_window_seconds: int = DEFAULT_APPROVAL_WINDOW_SECONDS,
         guard: ProviderGuard | None = None,
     ) -> None:
@@ -140,7 +141,7 @@ class TokenExchange:
         self._denials = denials
         self._metrics = metrics
         self._clock = clock
-        self._limiter = RateLimiter(limit=rate_limit_per_minute, clock=clock)
+        self._limiter = limiter or RateLimiter(limit=rate_limit_per_minute, clock=clock)
         self._approval_window = approval_window_seconds
         self._guard = guard or ProviderGuard(GuardSettings(), clock)
 
@@ -196,7 +197,7 @@ class TokenExchange:
     ) -> Exchanged | ApprovalPending:
         attested = await self.attest(subject_token, ctx)
         workload_id = attested.workload["id"]
-        self._limiter.check(workload_id)
+        await self._limiter.acquire(workload_id)
         target = await self.registry.target_by_audience(audience)
         if target is None:
             raise UnknownTarget(f"no target has the audience {audience!r}")

@@ -125,14 +125,18 @@ def control_plane_process(
     env: Mapping[str, str] | None = None,
     owner_key: str | None = None,
     args: tuple[str, ...] = (),
+    db_dsn: str | None = None,
 ) -> Iterator[ControlPlaneProcess]:
-    """`sesame-controlplane serve` in a subprocess; the owner key is set via SESAME_BOOTSTRAP_API_KEY."""
+    """`sesame-controlplane serve` in a subprocess; the owner key is set via SESAME_BOOTSTRAP_API_KEY.
+
+    With `db_dsn` it serves that PostgreSQL database (`db_path` then only names the log file).
+    """
     owner = owner_key or generate_key()
     kek = kek if kek is not None else new_kek()
     child_env = {
         **os.environ,
         **(env or {}),
-        "SESAME_DB": str(db_path),
+        "SESAME_DB": db_dsn or str(db_path),
         "SESAME_LISTEN": "127.0.0.1:0",
         "SESAME_KEK": base64.b64encode(kek).decode(),
         "SESAME_BOOTSTRAP_API_KEY": owner,

@@ -44,7 +44,7 @@ async def delete_api_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     if not await request.app[API_KEYS].revoke(key_id):
         raise NotFound(f"no API key {key_id}")
-    request.app[RATE_LIMITER].forget(key_id)
+    await request.app[RATE_LIMITER].forget(key_id)
     await audit_event(
         request, type="api_key.revoked", extra={"id": key_id, "self": request[PRINCIPAL].id == key_id}
     )

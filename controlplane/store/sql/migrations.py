@@ -21,6 +21,8 @@ class Migration:
     version: int
     name: str
     sql: str
+    # Run after `sql` on PostgreSQL only (already PostgreSQL DDL): what only shared databases need.
+    postgres: str = ""
 
 
 _REGISTRY_AND_AUDIT = """
@@ -157,6 +159,18 @@ CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys(state) WHERE state =
 CREATE UNIQUE INDEX signing_keys_one_next ON signing_keys(state) WHERE state = 'next';
 """
 
+# Sliding-log rate-limit counters every replica shares (store/postgres/rate_limits.py); a single
+# SQLite replica counts in memory. UNLOGGED: a crash or fail-over only forgives one minute.
+_SHARED_RATE_LIMITS = """
+CREATE UNLOGGED TABLE rate_limits (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hits DOUBLE PRECISION[] NOT NULL,
+    admitted BOOLEAN NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "registry, api keys, audit", _REGISTRY_AND_AUDIT),
     Migration(2, "token exchange: signing keys, approvals, proxies, observations", EXCHANGE_SCHEMA),
@@ -165,7 +179,8 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "api key hashes are unique", "CREATE UNIQUE INDEX api_keys_hash ON api_keys(key_hash);"),
     Migration(5, "registry record versions", _REGISTRY_VERSIONS),
     Migration(6, "signing key lifecycle: next, active, retired", _SIGNING_KEY_STATES),
-    # Append Migration(7, ...) here.
+    Migration(7, "rate limits shared by replicas", "", postgres=_SHARED_RATE_LIMITS),
+    # Append Migration(8, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from controlplane.ratelimit import RateCounter
 from controlplane.store.sql.api_keys import SqlApiKeys
 from controlplane.store.sql.audit import SqlAudit
 from controlplane.store.sql.database import Database
@@ -21,11 +22,15 @@ _SCHEMA_TABLE = (
 class SqlStore:
     """Implements `controlplane.store.Store`; `db` is exposed for repositories added later."""
 
+    # Several replicas may share this database (PostgreSQL): they then count rate limits in it.
+    shared = False
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self.registry = SqlRegistry(db)
         self.api_keys = SqlApiKeys(db)
         self.audit = SqlAudit(db)
+        self.rate_limits: RateCounter | None = None
 
     @classmethod
     async def open(cls, *args: Any) -> Self:
@@ -54,7 +59,8 @@ class SqlStore:
             async with self.db.write() as tx:
                 await tx.execute(_SCHEMA_TABLE)
             for migration in pending(await self.schema_version()):
-                await self.db.apply_migration(migration.version, migration.name, migration.sql)
+                sql = migration.sql + (migration.postgres if self.shared else "")
+                await self.db.apply_migration(migration.version, migration.name, sql)
                 applied.append(migration.version)
         return applied
 
