@@ -23,7 +23,14 @@ import pytest
 from controlplane.appkeys import AUDIT
 from controlplane.clock import FakeClock
 from controlplane.exchange_settings import ExchangeSettings
-from devkit.controlplane_server import ControlPlane, control_plane_process, new_kek, running_control_plane
+from controlplane.source_limits import SourceLimitSettings
+from devkit.controlplane_server import (
+    LOOPBACK,
+    ControlPlane,
+    control_plane_process,
+    new_kek,
+    running_control_plane,
+)
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
 from tests.controlplane.conftest import TEST_RATE_LIMIT, client_for
@@ -32,6 +39,11 @@ JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ISSUER_URL = "https://sesame.test"
 JWT_AUDIENCE = "https://jwt.example"
 STATIC_AUDIENCE = "https://static.example"
+# Every client here is 127.0.0.1: the per-source limit (not under test) must not answer for the
+# limits that are. The cluster issuer listens on loopback, which outbound fetches may not reach
+# unless allow-listed.
+SOURCE_LIMIT = {"rate_per_second": 100_000.0, "burst": 100_000}
+REPLICA_CONFIG = {"outbound": LOOPBACK, "source_limits": SourceLimitSettings(**SOURCE_LIMIT)}
 
 
 @asynccontextmanager
@@ -41,7 +53,9 @@ async def replicas(pg_dsn: str, tmp_path, n: int = 2, **config: Any) -> AsyncIte
     async with AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(
-                running_control_plane(tmp_path / f"unused-{i}.db", db_dsn=pg_dsn, kek=kek, **config)
+                running_control_plane(
+                    tmp_path / f"unused-{i}.db", db_dsn=pg_dsn, kek=kek, **REPLICA_CONFIG, **config
+                )
             )
             for i in range(n)
         ]
@@ -320,11 +334,22 @@ async def test_a_failing_shared_counter_fails_open_for_admins_and_closed_for_wor
 async def test_kill_9_of_a_replica_mid_load_loses_nothing_acknowledged(pg_dsn, tmp_path):
     kek = new_kek()
     with control_plane_process(
-        tmp_path / "b.db", kek=kek, db_dsn=pg_dsn, env={"SESAME_RATE_LIMIT": str(TEST_RATE_LIMIT)}
+        tmp_path / "b.db",
+        kek=kek,
+        db_dsn=pg_dsn,
+        env={
+            "SESAME_RATE_LIMIT": str(TEST_RATE_LIMIT),
+            "SESAME_SOURCE_RATE": str(SOURCE_LIMIT["rate_per_second"]),
+            "SESAME_SOURCE_BURST": str(SOURCE_LIMIT["burst"]),
+        },
     ) as b:
         async with (
             running_control_plane(
-                tmp_path / "a.db", db_dsn=pg_dsn, kek=kek, rate_limit_per_minute=TEST_RATE_LIMIT
+                tmp_path / "a.db",
+                db_dsn=pg_dsn,
+                kek=kek,
+                rate_limit_per_minute=TEST_RATE_LIMIT,
+                **REPLICA_CONFIG,
             ) as a,
             client_for(a, a.owner_key) as on_a,
             client_for(a, a.owner_key) as on_b,
