@@ -178,7 +178,8 @@ class SqlRegistry:
             except VersionConflict:
                 if version is not None:
                     raise
-        raise VersionConflict((await self.get_versioned(kind, id) or Versioned({}, 0)).version)
+        found = await self.get_versioned(kind, id)
+        raise VersionConflict(found.version if found is not None else 0)
 
     async def _update(
         self,
