@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench clean lock
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench.controlplane_pages
 	$(BIN)/python -m bench.token_exchange
 	$(BIN)/python -m bench.proxy_throughput
+
+# requirements/lock.txt: every dependency of both images, pinned with hashes (Dockerfile.proxy and
+# Dockerfile.cp install only from it). Regenerate after changing dependencies in pyproject.toml.
+lock: $(BIN)/.installed
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile -q --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra controlplane --extra proxy --extra postgres --no-header -o requirements/lock.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
