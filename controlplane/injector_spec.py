@@ -37,7 +37,9 @@ ANNOTATION_PREFIX = "sesame.dev/"
 INIT_NAME = "sesame-init"
 PROXY_NAME = "sesame-proxy"
 TOKEN_VOLUME, CA_VOLUME, TRUST_VOLUME = "sesame-token", "sesame-ca", "sesame-trust"
-VOLUME_NAMES = (TOKEN_VOLUME, CA_VOLUME, TRUST_VOLUME)
+CP_CA_VOLUME = "sesame-cp-ca"
+VOLUME_NAMES = (TOKEN_VOLUME, CA_VOLUME, TRUST_VOLUME, CP_CA_VOLUME)
+CP_CA_DIR = "/var/run/sesame/cp-ca"
 TOKEN_DIR = "/var/run/secrets/sesame"
 TOKEN_PATH = f"{TOKEN_DIR}/token"
 CA_DIR = "/var/run/sesame/ca"
@@ -123,6 +125,9 @@ class InjectorSettings:
     # PEM of the CA that signed the control plane's serving certificate (the chart's webhook CA),
     # handed to the proxy as SESAME_CONTROL_PLANE_CA; empty: the proxy uses the system roots.
     control_plane_ca: str = ""
+    # Or a ConfigMap (key ca.crt) present in every injected namespace (e.g. a trust-manager Bundle):
+    # mounted into the proxy, which re-reads it when the CA rolls over; wins over control_plane_ca.
+    control_plane_ca_configmap: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in ("transparent", "explicit"):
@@ -139,6 +144,8 @@ class InjectorSettings:
             bad = invalid_cidrs(cidrs)
             if bad:
                 raise StartupError(f"SESAME_INJECTOR_{name}: not a CIDR: {', '.join(bad)}")
+        if self.control_plane_ca_configmap and not _DNS_NAME.match(self.control_plane_ca_configmap):
+            raise StartupError("SESAME_INJECTOR_CONTROL_PLANE_CA_CONFIGMAP is not a ConfigMap name")
         if not _DNS_NAME.match(self.cluster_domain):
             raise StartupError(f"SESAME_INJECTOR_CLUSTER_DOMAIN is not a DNS name: {self.cluster_domain!r}")
         for entry in self.no_proxy:
@@ -209,6 +216,7 @@ class InjectorSettings:
             exclude_uids=exclude_uids,
             truststore_password=get("TRUSTSTORE_PASSWORD", DEFAULT_TRUSTSTORE_PASSWORD),
             control_plane_ca=get("CONTROL_PLANE_CA", "").strip(),
+            control_plane_ca_configmap=get("CONTROL_PLANE_CA_CONFIGMAP", "").strip(),
         )
 
 
@@ -283,7 +291,9 @@ def proxy_env(settings: InjectorSettings, *, mode: str) -> list[dict[str, Any]]:
         {"name": "SESAME_CA_DIR", "value": CA_DIR},
         {"name": "SESAME_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    if settings.control_plane_ca:
+    if settings.control_plane_ca_configmap:
+        env.append({"name": "SESAME_CONTROL_PLANE_CA", "value": f"{CP_CA_DIR}/ca.crt"})
+    elif settings.control_plane_ca:
         env.append({"name": "SESAME_CONTROL_PLANE_CA", "value": settings.control_plane_ca})
     return env
 
@@ -315,6 +325,8 @@ def proxy_container(
             {"name": CA_VOLUME, "mountPath": CA_DIR},
         ],
     }
+    if settings.control_plane_ca_configmap:  # a directory mount: the kubelet updates it in place
+        container["volumeMounts"].append({"name": CP_CA_VOLUME, "mountPath": CP_CA_DIR, "readOnly": True})
     if native:
         container["restartPolicy"] = "Always"
     return container
@@ -326,11 +338,15 @@ def volumes(settings: InjectorSettings) -> list[dict[str, Any]]:
         "expirationSeconds": settings.token_expiration_seconds,
         "path": "token",
     }
-    return [
+    found = [
         {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
         {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
         {"name": TRUST_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ]
+    if settings.control_plane_ca_configmap:
+        source = {"name": settings.control_plane_ca_configmap, "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        found.append({"name": CP_CA_VOLUME, "configMap": source})
+    return found
 
 
 TRUST_MOUNT = {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True}

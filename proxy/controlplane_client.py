@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import ssl
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,13 +31,62 @@ from proxy.http_messages import Body, Response, parse_response_head, serialize_h
 from proxy.identity import TokenFile
 from proxy.pool import Destination, UpstreamPool
 
-__all__ = ["DEFAULT_CP_TIMEOUT", "JWT_TOKEN_TYPE", "ControlPlaneClient"]
+__all__ = [
+    "CA_CHECK_INTERVAL",
+    "DEFAULT_CP_TIMEOUT",
+    "JWT_TOKEN_TYPE",
+    "ControlPlaneClient",
+    "ReloadingTrust",
+]
+
+log = logging.getLogger("sesame.proxy")
 
 DEFAULT_CP_TIMEOUT = 5.0
+CA_CHECK_INTERVAL = 10.0
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _DENIALS = {"policy_denied", "workload_revoked", "unknown_workload", "unknown_target"}
 _PROVIDER_FAILURES = {"provider_timeout": 504, "provider_unavailable": 503}
+
+
+class ReloadingTrust:
+    """The control plane's CA from a file (a mounted ConfigMap or Secret, updated in place when the CA
+    rolls over): a new TLS context when the file changes, checked at most every ``interval`` seconds.
+    A missing or unreadable file keeps the last good context."""
+
+    def __init__(
+        self,
+        path: Path,
+        build: Callable[[str], ssl.SSLContext],
+        *,
+        interval: float = CA_CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path, self._build, self._interval, self._clock = path, build, interval, clock
+        self._stamp = self._identity()
+        self.context = build(str(path))
+        self._next = clock() + interval
+
+    def _identity(self) -> tuple[int, int, int]:
+        st = os.stat(self._path)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def current(self) -> tuple[ssl.SSLContext, bool]:
+        """(the context to use, whether it changed since the last call)."""
+        now = self._clock()
+        if now < self._next:
+            return self.context, False
+        self._next = now + self._interval
+        try:
+            stamp = self._identity()
+            if stamp == self._stamp:
+                return self.context, False
+            self.context, self._stamp = self._build(str(self._path)), stamp
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("control plane CA not reloaded (keeping the current one): %s", exc)
+            return self.context, False
+        log.info("control plane CA reloaded from %s", self._path)
+        return self.context, True
 
 
 class ControlPlaneClient:
@@ -48,7 +103,9 @@ class ControlPlaneClient:
         *,
         timeout: float = DEFAULT_CP_TIMEOUT,
         ssl_context: ssl.SSLContext | None = None,
+        trust: ReloadingTrust | None = None,
     ) -> None:
+        """``trust``: the CA comes from a file that may change (it wins over ``ssl_context``)."""
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"invalid control plane URL {base_url!r}")
@@ -58,7 +115,8 @@ class ControlPlaneClient:
         self._prefix = url.path.rstrip("/")
         self._host_header = url.netloc
         self._timeout = timeout
-        ctx = (ssl_context or ssl.create_default_context()) if tls else None
+        self._trust = trust if tls else None
+        ctx = (trust.context if trust else ssl_context or ssl.create_default_context()) if tls else None
         self._dest = Destination(url.hostname, port, ctx, url.hostname)
         self._pool = UpstreamPool(connect_timeout=timeout, idle_timeout=30.0, max_idle_per_upstream=4)
 
@@ -118,6 +176,10 @@ class ControlPlaneClient:
         request = serialize_head(f"{method} {self._prefix}{path} HTTP/1.1", head) + data
         for attempt in (1, 2):
             try:
+                if self._trust is not None:
+                    ctx, changed = self._trust.current()
+                    if changed:  # new connections verify against the new CA; pooled ones were verified
+                        self._dest = replace(self._dest, ssl=ctx)
                 conn, reused = await self._pool.acquire(self._dest)
             except ProxyError as exc:
                 raise CredentialUnavailable(f"control plane unreachable: {exc.message}") from exc

@@ -15,9 +15,11 @@ import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography import x509
 
 from devkit.certs import DevCA
+from proxy.errors import CredentialUnavailable
 from tests.e2e.test_control_plane_tls import POLL_ATTEMPTS, _governed_proxy
 from tests.e2e.test_control_plane_tls import admin as admin  # fixture
 from tests.e2e.test_control_plane_tls import tls_control_plane as tls_control_plane  # fixture
@@ -112,3 +114,81 @@ async def test_a_broken_pair_keeps_the_current_certificate(tmp_path):
     finally:
         server.close()
     assert leaf == x509.load_pem_x509_certificate(second.cert_file.read_bytes())
+
+
+async def test_proxy_follows_a_ca_rollover_from_its_mounted_ca_file(tmp_path):
+    """The control plane moves to a leaf of a new CA (after the overlap); the proxy's CA file, a
+    mounted ConfigMap the kubelet updates in place, now holds both CAs: new connections verify."""
+    from aiohttp import web
+
+    from controlplane.serving_tls import ServingCertificate
+    from proxy.controlplane_client import ControlPlaneClient, ReloadingTrust
+    from proxy.identity import TokenFile
+    from proxy.tls import client_context
+
+    old_ca, new_ca = DevCA("webhook CA 1"), DevCA("webhook CA 2")
+    leaf = old_ca.issue(["localhost"], tmp_path / "leaf")
+    serving = ServingCertificate(leaf.cert_file, leaf.key_file)
+
+    async def routes(_request: web.Request) -> web.Response:
+        return web.json_response({"routes": [], "refresh_seconds": 30})
+
+    app = web.Application()
+    app.router.add_get("/v1/proxy/routes", routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=serving.listening)
+    await site.start()
+    port = runner.addresses[0][1]
+    ca_file = tmp_path / "cp-ca" / "ca.crt"
+    ca_file.parent.mkdir()
+    ca_file.write_bytes(old_ca.cert_pem)
+    (tmp_path / "token").write_text("sa-token")
+    now = [0.0]
+    trust = ReloadingTrust(ca_file, client_context, interval=10.0, clock=lambda: now[0])
+    client = ControlPlaneClient(f"https://localhost:{port}", TokenFile(tmp_path / "token"), trust=trust)
+    try:
+        assert (await client.get_routes(None))[0] == []
+        # CA rollover: the bundle gains the new CA, then the leaf moves to it.
+        ca_file.write_bytes(old_ca.cert_pem + new_ca.cert_pem)
+        moved = new_ca.issue(["localhost"], tmp_path / "moved")
+        _swap(leaf.key_file, moved.key_file)
+        _swap(leaf.cert_file, moved.cert_file)
+        assert serving.reload_if_changed()
+        await client.close()  # drop pooled connections: the next call handshakes anew
+        now[0] += 11.0
+        assert (await client.get_routes(None))[0] == []
+        # A proxy that never re-read its CA cannot verify the new leaf.
+        stale = ControlPlaneClient(
+            f"https://localhost:{port}", TokenFile(tmp_path / "token"), ssl_context=client_context(
+                old_ca.cert_pem.decode()
+            )
+        )  # fmt: skip
+        try:
+            with pytest.raises(CredentialUnavailable):
+                await stale.get_routes(None)
+        finally:
+            await stale.close()
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+def test_ca_configmap_is_mounted_into_the_proxy_and_named_by_its_env():
+    from controlplane.injector import review
+    from controlplane.injector_spec import InjectorSettings
+
+    from .admission import container, patched, pod, review_of
+
+    settings = InjectorSettings.build({"SESAME_INJECTOR_CONTROL_PLANE_CA_CONFIGMAP": "sesame-cp-ca"})
+    doc = review_of(pod({"name": "app", "image": "x"}, annotations={"sesame.dev/inject": "true"}))
+    result = patched(doc, review(doc, settings, namespace_opted_in=False)[0])
+    proxy = container(result, "sesame-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["SESAME_CONTROL_PLANE_CA"] == "/var/run/sesame/cp-ca/ca.crt"
+    assert {"name": "sesame-cp-ca", "mountPath": "/var/run/sesame/cp-ca", "readOnly": True} in proxy[
+        "volumeMounts"
+    ]
+    [volume] = [v for v in result["spec"]["volumes"] if v["name"] == "sesame-cp-ca"]
+    assert volume["configMap"] == {"name": "sesame-cp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert "sesame-cp-ca" not in {m["name"] for m in container(result, "app")["volumeMounts"]}
