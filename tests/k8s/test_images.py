@@ -269,29 +269,27 @@ def test_runtime_install_steps_resolve_in_a_fresh_virtualenv(project_wheels: dic
     assert "rm -f /usr/local/bin/sesame-proxy" in cp_final
 
 
+def _download_hashed(requirements: Path, dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps", "--quiet", "--dest",
+         str(dest), "-r", str(requirements)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_lock_hashes_match_what_the_index_serves(tmp_path):
     """pip's hash-checking mode accepts a locked package (the builders run the same mode on all)."""
     version, _ = _lock()["cachetools"]
     block = next(b for b in re.split(r"\n(?=[a-z0-9])", LOCK.read_text()) if b.startswith("cachetools=="))
     (tmp_path / "one.txt").write_text(block + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps", "--quiet", "--dest",
-         str(tmp_path / "dl"), "-r", str(tmp_path / "one.txt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    proc = _download_hashed(tmp_path / "one.txt", tmp_path / "dl")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [downloaded] = (tmp_path / "dl").iterdir()
     assert downloaded.name.startswith(f"cachetools-{version}")
     tampered = re.sub(r"--hash=sha256:\w{64}", "--hash=sha256:" + "0" * 64, block)
     (tmp_path / "bad.txt").write_text(tampered + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps", "--quiet", "--dest",
-         str(tmp_path / "dl2"), "-r", str(tmp_path / "bad.txt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    proc = _download_hashed(tmp_path / "bad.txt", tmp_path / "dl2")
     assert proc.returncode != 0 and "HASHES" in proc.stderr.upper()
