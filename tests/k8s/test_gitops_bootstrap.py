@@ -195,3 +195,21 @@ def test_bootstrap_failure_is_logged_and_exits_non_zero(tmp_path, caplog):
     argv = ["--namespace=x", "--kek-secret=k", f"--kubeconfig={kubeconfig}"]
     assert k8s_bootstrap.main(argv) == 1
     assert "bootstrap failed" in caplog.text
+
+
+@pytest.mark.parametrize("version", ["1.29", "1.31", "1.33"])
+def test_hook_jobs_and_their_rbac_validate_strictly_on_every_supported_version(helm: Path, version: str):
+    import kubernetes_validate
+
+    docs = render(helm)
+    hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+    assert {d["kind"] for d in hooks} == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+    }
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)

@@ -1,4 +1,4 @@
-"""The ten-pod corpus through the webhook: every mutated pod validates strictly (1.29 and 1.33), Jobs
+"""The ten-pod corpus through the webhook: every mutated pod validates strictly (1.29-1.33), Jobs
 never get a sidecar that keeps them running, meshes keep their ports and go first, bad annotations
 are refused."""
 
@@ -17,7 +17,7 @@ from .corpus import CORPUS, corpus_pod, restricted_violations
 
 SETTINGS = InjectorSettings(control_plane_url="https://sesame.sesame-system.svc:443")
 DENIED = {"job-classic-sidecar"}
-VALIDATED_VERSIONS = ("1.29", "1.33")
+VALIDATED_VERSIONS = ("1.29", "1.30", "1.31", "1.32", "1.33")
 
 
 def answer(pod, settings=SETTINGS):
