@@ -213,3 +213,16 @@ def test_hook_jobs_and_their_rbac_validate_strictly_on_every_supported_version(h
     }
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_with_every_secret_brought_along_the_job_may_touch_no_secret(helm: Path):
+    docs = render(
+        helm,
+        "values-cert-manager.yaml",
+        "kek.existingSecret=vault-kek",
+        "bootstrapApiKey.existingSecret=vault-key",
+    )
+    # An empty resourceNames would grant every Secret of the namespace: no rule at all instead.
+    assert find(docs, "Role", f"{FULLNAME}-bootstrap")["rules"] == []
+    args = k8s_bootstrap._parser().parse_args(hook_args(docs, "pre"))
+    assert (args.kek_secret, args.bootstrap_secret, args.tls_secret) == ("", "", "")
