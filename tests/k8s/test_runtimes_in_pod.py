@@ -15,6 +15,7 @@ the proxy-facing double; the proxy runs as its UID, the apps as UID 1000.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -74,9 +75,8 @@ def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60, **kwargs)
 
 
-def _install_system_ca(ns: str, host_ip: str, ca: DevCA) -> Path:
+def _install_system_ca(etc: Path, host_ip: str, ca: DevCA) -> None:
     """/etc/netns/<ns>: hosts naming both upstreams, and a copy of /etc/ssl with the corporate CA."""
-    etc = Path("/etc/netns") / ns
     etc.mkdir(parents=True)
     (etc / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{host_ip} {GOVERNED} {PUBLIC}\n")
     shutil.copytree("/etc/ssl", etc / "ssl", symlinks=True)
@@ -86,7 +86,6 @@ def _install_system_ca(ns: str, host_ip: str, ca: DevCA) -> Path:
     (certs / f"{subject_hash.stdout.strip()}.0").symlink_to("corp-root.pem")
     bundle = certs / "ca-certificates.crt"
     bundle.write_bytes(bundle.read_bytes().rstrip(b"\n") + b"\n" + ca.cert_pem)
-    return etc
 
 
 def _injected(mode: str, settings: InjectorSettings) -> dict:
@@ -140,29 +139,23 @@ def _literal_env(item: dict, root: Path) -> dict[str, str]:
 async def pod(request, pod_netns) -> AsyncIterator[Pod]:
     mode = request.param
     ns, host_ip, _, _ = pod_netns
-    # The upstreams get their own address: the init container excludes the control plane's.
-    upstream_ip = _second_address(host_ip)
-    corp = DevCA("Corp Root CA (installed in the pod's system trust store)")
-    etc = _install_system_ca(ns, upstream_ip, corp)
-    root = _shared_dir()
-    governed_cert = corp.issue([GOVERNED], root / "governed")
-    public_cert = corp.issue([PUBLIC], root / "public")
-    governed = await ApiServer(
-        API_KEY, upstream_ip, ssl_context=server_context(governed_cert.cert_file, governed_cert.key_file)
-    ).start()
-    public = await ApiServer(
-        "not-the-apps-key",
-        upstream_ip,
-        ssl_context=server_context(public_cert.cert_file, public_cert.key_file),
-    ).start()
-    cp = ControlPlaneDouble(host=host_ip)
-    cp.script = {"aud-gov": [("ok", API_KEY)]}
-    cp.routes = [route("gov", GOVERNED, governed.port, audience="aud-gov")]
-    await cp.start()
-    settings = InjectorSettings(control_plane_url=cp.url)
-    spec = _injected(mode, settings)
-    proxy = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        etc = Path("/etc/netns") / ns
+        stack.callback(shutil.rmtree, etc, ignore_errors=True)
+        # The upstreams get their own address: the init container excludes the control plane's.
+        upstream_ip = _second_address(host_ip)
+        corp = DevCA("Corp Root CA (installed in the pod's system trust store)")
+        _install_system_ca(etc, upstream_ip, corp)
+        root = _shared_dir()
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        governed = await _https_api(stack, corp, GOVERNED, root, upstream_ip, API_KEY)
+        public = await _https_api(stack, corp, PUBLIC, root, upstream_ip, "not-the-apps-key")
+        cp = ControlPlaneDouble(host=host_ip)
+        cp.script = {"aud-gov": [("ok", API_KEY)]}
+        cp.routes = [route("gov", GOVERNED, governed.port, audience="aud-gov")]
+        await cp.start()
+        stack.push_async_callback(cp.stop)
+        spec = _injected(mode, InjectorSettings(control_plane_url=cp.url))
         (root / "token").write_text("sa-token-1")
         init = container(spec, "sesame-init")
         uid = init["securityContext"]["runAsUser"]
@@ -178,18 +171,20 @@ async def pod(request, pod_netns) -> AsyncIterator[Pod]:
             admin=proxy_env["SESAME_ADMIN"].replace("0.0.0.0", "127.0.0.1"),
             env=proxy_env,
         )  # fmt: skip
+        stack.push_async_callback(proxy.stop)
         await proxy.wait_for_log("routes loaded")
         apps = {name: _literal_env(container(spec, name), root) for name in ("node", "python")}
         apps["java"] = _literal_env(container(spec, "ledger"), root)
         yield Pod(ns, root, apps, proxy, governed, public, cp)
-    finally:
-        if proxy is not None:
-            await proxy.stop()
-        await cp.stop()
-        await governed.close()
-        await public.close()
-        shutil.rmtree(etc, ignore_errors=True)
-        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _https_api(
+    stack: contextlib.AsyncExitStack, ca: DevCA, name: str, root: Path, ip: str, key: str
+) -> ApiServer:
+    cert = ca.issue([name], root / name)
+    api = await ApiServer(key, ip, ssl_context=server_context(cert.cert_file, cert.key_file)).start()
+    stack.push_async_callback(api.close)
+    return api
 
 
 async def _app(pod: Pod, env: dict[str, str], *argv: str) -> dict:
