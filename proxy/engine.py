@@ -137,6 +137,9 @@ class ClientConnection(asyncio.Protocol):
             self._pump()
 
     def data_received(self, data: bytes) -> None:
+        if self.req is None and not self.buf and self.transport is not None:
+            self._head(data)  # the common case: a new request, read without copying it first
+            return
         self.buf += data
         if self.transport is not None:  # None: decrypted before start_tls returned (connection_made)
             self._pump()
@@ -198,19 +201,29 @@ class ClientConnection(asyncio.Protocol):
             if len(self.buf) > MAX_HEAD:
                 self._pause("pipeline", True)  # pipelined requests wait; don't buffer without bound
             return
-        buf = self.buf
-        if not buf:
-            return
-        if self.phase == _IDLE:
-            self.phase = _HEAD
-            self.e.track(self, True)
-            self._watchdog.arm(self.e.timeouts.header)  # type: ignore[union-attr]
+        if self.buf:
+            self._head(self.buf)
+
+    def _head(self, data: bytes | bytearray) -> None:
+        """Parse a request head at the start of `data` (new bytes, or the buffer); the rest is kept."""
+        buffered = data is self.buf
         try:
-            end = find_head(buf, BadRequest)
+            end = find_head(data, BadRequest)
             if end is None:
+                if not buffered:
+                    self.buf += data
+                if self.phase == _IDLE:
+                    self.phase = _HEAD
+                    self._watchdog.arm(self.e.timeouts.header)  # type: ignore[union-attr]
                 return
-            raw = bytes(buf[:end])
-            del buf[:end]
+            if buffered:
+                raw = bytes(data[:end])
+                del self.buf[:end]
+            elif end < len(data):
+                raw = bytes(data[:end])
+                self.buf += data[end:]
+            else:
+                raw = data  # type: ignore[assignment]
             req = parse_request_head(raw)
         except ProxyError as exc:
             self._reject(exc)
@@ -224,8 +237,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.close()  # type: ignore[union-attr]
 
     def _begin(self, req: Request) -> None:
-        self.req, self.phase = req, _WAIT
-        self._watchdog.cancel()  # type: ignore[union-attr]
+        self.req, self.phase = req, _WAIT  # no timer: the credential and the dial have their own
         if req.method == "CONNECT":
             self._connect_method(req)
             return
@@ -240,6 +252,8 @@ class ClientConnection(asyncio.Protocol):
         self._take_body()
         if self.phase == _DONE:
             return
+        if not self.body.done:
+            self._watchdog.arm(self.e.timeouts.stream)  # type: ignore[union-attr]
         if plan.route is not None:
             cred = self.e.credentials.peek(plan.route.audience)
             if cred is None:
@@ -269,6 +283,8 @@ class ClientConnection(asyncio.Protocol):
                 self._watchdog.arm(self.e.timeouts.stream)  # type: ignore[union-attr]
             return
         self.held += chunk
+        if not body.done:
+            self._watchdog.arm(self.e.timeouts.stream)  # type: ignore[union-attr]
         if len(self.held) > REPLAY_LIMIT:
             self._pause("dial", True)  # not connected yet: hold no more than this
         if self.ready and not self.sent and not self._waiting_for_body():
@@ -356,7 +372,8 @@ class ClientConnection(asyncio.Protocol):
         extra = f"Connection: upgrade\r\nUpgrade: {req.upgrade}\r\n" if req.upgrade else ""
         head = serialize_head(f"{req.method} {req.target} HTTP/1.1", req.headers, extra)
         up.start(self, req.method, head + self.held if self.held else head)
-        self._pause("dial", False)
+        if self._paused_by:
+            self._pause("dial", False)
         if body.done:
             self.replayable = len(self.held) <= REPLAY_LIMIT
             if not self.replayable:
@@ -399,7 +416,6 @@ class ClientConnection(asyncio.Protocol):
         close = "" if keep else "Connection: close\r\n"
         self.transport.write(serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close))  # type: ignore[union-attr]
         self._keep_client = keep
-        self._watchdog.arm(self.e.timeouts.stream)  # type: ignore[union-attr]
         return True
 
     def response_body(self, data: bytes, done: bool) -> None:
@@ -448,8 +464,9 @@ class ClientConnection(asyncio.Protocol):
         self.phase = _IDLE
         self.e.track(self, True)
         self._watchdog.arm(self.e.timeouts.idle)  # type: ignore[union-attr]
-        self._pause("pipeline", False)
-        self._pause("upstream", False)
+        if self._paused_by:
+            self._pause("pipeline", False)
+            self._pause("upstream", False)
         if self.buf:
             self._pump()
 
@@ -497,6 +514,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()  # type: ignore[union-attr]
         elif phase == _HEAD:
             self._reject(HeaderTimeout(f"the request head took longer than {self.e.timeouts.header:g}s"))
+        elif phase == _WAIT and self.body is not None and not self.body.done and not self.sent:
+            self._fail(ClientTimeout(f"the request body stalled for {self.e.timeouts.stream:g}s"))
         elif phase == _RESPONSE:
             self._fail(UpstreamTimeout(f"no response from the upstream within {self.e.timeouts.response:g}s"))
         elif phase == _BODY:
