@@ -13,10 +13,12 @@ import re
 __all__ = [
     "AUTHORITY",
     "CHUNK_LINE",
+    "FIELD_CHARS",
     "FIELD_LINE",
     "MAX_CHUNK_LINE",
     "REQUEST_LINE",
     "STATUS_LINE",
+    "TCHARS",
     "TOKEN",
     "has_ctl",
 ]
@@ -31,6 +33,10 @@ TOKEN = re.compile(_TOKEN)
 _VCHAR = rb"[\x21-\x7e\x80-\xff]"
 _FIELD_VALUE = _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*"
 FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")?[ \t]*")
+# The same two rules as byte sets, for the hot path (bytes.translate deletes them in one C pass; what
+# is left over is what the rule refuses): tchar, and field-value's SP / HTAB / VCHAR / obs-text.
+TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+FIELD_CHARS = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 # request-line = method SP request-target SP HTTP-version ; HTTP-version = "HTTP/" DIGIT "." DIGIT
 # request-target: visible ASCII only (RFC 3986 characters; no whitespace, no CTL, no obs-text).

@@ -18,7 +18,7 @@ from proxy.errors import (
     URITooLong,
     VersionNotSupported,
 )
-from proxy.http_grammar import AUTHORITY, FIELD_LINE, REQUEST_LINE, STATUS_LINE
+from proxy.http_grammar import AUTHORITY, FIELD_CHARS, REQUEST_LINE, STATUS_LINE, TCHARS
 
 __all__ = [
     "HOP_BY_HOP",
@@ -46,7 +46,7 @@ HOP_BY_HOP = frozenset(
 _FRAMING = frozenset(
     {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
 )
-_SPECIAL = _FRAMING | HOP_BY_HOP | {"host"}
+_SPECIAL = _FRAMING | HOP_BY_HOP
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
 
 
@@ -89,14 +89,14 @@ def _fields(lines: list[bytes], error: type[ProxyError]) -> tuple[list[str], lis
         raise error(f"more than {_MAX_FIELDS} header fields")
     names: list[str] = []
     headers: list[tuple[str, str]] = []
-    match = FIELD_LINE.fullmatch
     for line in lines[1:]:
-        m = match(line)
-        if m is None:
+        name, colon, value = line.partition(b":")
+        # field-name = token (so no whitespace before the colon, no obs-fold); field-value holds no CTL
+        if not colon or not name or name.translate(None, TCHARS) or value.translate(None, FIELD_CHARS):
             raise error(f"malformed header field {line[:40]!r}")
-        name = m.group(1).decode("ascii")
-        names.append(name.lower())
-        headers.append((name, (m.group(2) or b"").decode("latin-1")))
+        text = name.decode("ascii")
+        names.append(text.lower())
+        headers.append((text, value.strip(b" \t").decode("latin-1")))
     return names, headers
 
 
@@ -113,17 +113,12 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
     conn_tokens: set[str] = set()
     codings: list[str] | None = None
     length: str | None = None
-    hosts = 0
     kept = headers
     if not _SPECIAL.isdisjoint(names):
         kept = []
         for lname, header in zip(names, headers, strict=True):
             value = header[1]
-            if lname == "host":
-                hosts += 1
-                if isinstance(msg, Request):
-                    msg.host = value
-            elif lname in _FRAMING:
+            if lname in _FRAMING:
                 if lname == "connection" or lname == "proxy-connection":
                     conn_tokens.update(t.strip().lower() for t in value.split(","))
                 elif lname == "content-length":
@@ -146,6 +141,9 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
         msg.upgrade = ""
     msg.keep_alive = msg.version == "HTTP/1.1" and "close" not in conn_tokens
     if isinstance(msg, Request):
+        hosts = names.count("host")
+        if hosts == 1:
+            msg.host = headers[names.index("host")][1]
         if hosts > 1 or (hosts == 0 and msg.version == "HTTP/1.1"):
             raise BadRequest("an HTTP/1.1 request needs exactly one Host field")
         if hosts and AUTHORITY.fullmatch(msg.host.encode("latin-1")) is None:
