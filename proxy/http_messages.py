@@ -48,6 +48,8 @@ _FRAMING = frozenset(
 )
 _SPECIAL = _FRAMING | HOP_BY_HOP
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
+_FIELD_BYTES = FIELD_CHARS + b"\r\n"
+_TCHARS_TEXT = TCHARS.decode("ascii")
 
 
 class Body:
@@ -89,14 +91,19 @@ def _fields(lines: list[bytes], error: type[ProxyError]) -> tuple[list[str], lis
         raise error(f"more than {_MAX_FIELDS} header fields")
     names: list[str] = []
     headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        # field-name = token (so no whitespace before the colon, no obs-fold); field-value holds no CTL
-        if not colon or not name or name.translate(None, TCHARS) or value.translate(None, FIELD_CHARS):
+    if len(lines) == 1:
+        return names, headers
+    block = b"\r\n".join(lines[1:])
+    if block.translate(None, _FIELD_BYTES):  # a control character somewhere (CR/LF are separators)
+        bad = next(line for line in lines[1:] if line.translate(None, FIELD_CHARS))
+        raise error(f"control character in header field {bad[:40]!r}")
+    for line in block.decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        # field-name = token: so no whitespace before the colon and no obs-fold
+        if not colon or not name or name.strip(_TCHARS_TEXT):
             raise error(f"malformed header field {line[:40]!r}")
-        text = name.decode("ascii")
-        names.append(text.lower())
-        headers.append((text, value.strip(b" \t").decode("latin-1")))
+        names.append(name.lower())
+        headers.append((name, value.strip(" \t")))
     return names, headers
 
 
@@ -219,9 +226,9 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int]:
 
 
 def serialize_head(start_line: str, headers: list[tuple[str, str]], extra: str = "") -> bytes:
-    return (start_line + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + extra + "\r\n").encode(
-        "latin-1"
-    )
+    lines = [start_line]
+    lines.extend([f"{n}: {v}" for n, v in headers])
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode("latin-1")
 
 
 def error_response(exc: ProxyError, *, keep_alive: bool) -> bytes:
