@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from cachetools import TLRUCache
 
-from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, ProxyError
+from proxy.errors import ApprovalPending, CredentialUnavailable, Denied, InvalidCredential, ProxyError
+from proxy.http_grammar import has_ctl
 from proxy.metrics import Metrics
 
 __all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_RETRY_BACKOFF", "Credential", "CredentialCache"]
@@ -113,6 +114,8 @@ class CredentialCache:
         started = time.perf_counter()
         try:
             token, expires_in = await self._exchange(audience)
+            if has_ctl(token):  # never cached, never written into a request
+                raise InvalidCredential("the credential holds a control character; it was not sent")
         except ProxyError as exc:
             self._metrics.exchange_seconds.labels(exc.code).observe(time.perf_counter() - started)
             self._next_attempt[audience] = self._clock() + self._backoff

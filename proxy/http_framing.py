@@ -175,4 +175,7 @@ def framer(kind: int, length: int, error: type[ProxyError], *, collect: bool = F
         return _Chunked(error, collect=collect)
     if kind == Body.CLOSE:
         return _Close(error, collect=collect)
-    return _NoBody(error, collect=collect)
+    return _NoBody(error, collect=collect) if collect else _NO_BODY
+
+
+_NO_BODY = _NoBody(ProxyError)  # stateless: shared by every bodiless message

@@ -44,10 +44,10 @@ class Destination:
     port: int
     ssl: ssl.SSLContext | None = field(default=None, compare=False)
     server_hostname: str | None = None
+    key: tuple[str, int, str | None] = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, int, str | None]:
-        return (self.host, self.port, self.server_hostname if self.ssl else None)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.host, self.port, self.server_hostname if self.ssl else None))
 
 
 @contextmanager
