@@ -23,9 +23,9 @@ __all__ = [
     "parse_hostport",
 ]
 
-DEFAULT_LISTEN = ("127.0.0.1", 15001)
+DEFAULT_LISTEN = ("127.0.0.1", 16001)  # clear of Istio (15001) and Linkerd (4140)
 DEFAULT_LISTEN6 = "auto"  # transparent mode: also [::1]:<listen port> when the host has ::1
-DEFAULT_ADMIN = ("127.0.0.1", 15020)
+DEFAULT_ADMIN = ("127.0.0.1", 16020)  # clear of Istio's merged metrics (15020)
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/sesame/token")
 DEFAULT_CA_DIR = Path("/var/run/sesame/ca")
 DEFAULT_TRUST_DIR = Path("/var/run/sesame/trust")

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from proxy.init_container import InitSettings, _parser, control_plane_cidrs, main
-from proxy.netfilter import list_rules
+from proxy.netfilter import DEFAULT_PROXY_PORT, list_rules
 from tests.netfilter_tools import require_netfilter
 
 from .conftest import APP_UID, NetnsPair
@@ -145,8 +145,8 @@ def test_transparent_init_installs_rules_and_hands_the_ca_to_the_proxy(
     assert "10.231.0.3" in rules  # the control plane's address is excluded
 
     netns_pair.serve(netns_pair.remote, "upstream", "0.0.0.0:80", "0.0.0.0:81")
-    netns_pair.serve(netns_pair.pod, "proxy", "127.0.0.1:15001")
-    assert netns_pair.connect("10.231.0.2", 80, uid=APP_UID) == "proxy 15001 10.231.0.2:80"
+    netns_pair.serve(netns_pair.pod, "proxy", f"127.0.0.1:{DEFAULT_PROXY_PORT}")  # init's default port
+    assert netns_pair.connect("10.231.0.2", 80, uid=APP_UID) == f"proxy {DEFAULT_PROXY_PORT} 10.231.0.2:80"
     assert netns_pair.connect("10.231.0.2", 80, uid=1337) == "upstream 80 -"
     assert netns_pair.connect("10.231.0.3", 80, uid=APP_UID) == "upstream 80 -"
     assert netns_pair.connect("10.231.0.2", 81, uid=APP_UID) == "upstream 81 -"

@@ -27,7 +27,7 @@ def test_iptables_rules_return_for_proxy_uid_loopback_and_exclusions_before_redi
         "-A SESAME_OUTPUT -d 10.96.0.10/32 -j RETURN",
         "-A SESAME_OUTPUT -d 192.168.0.0/16 -j RETURN",
         "-A SESAME_OUTPUT -p tcp --dport 15020 -j RETURN",
-        "-A SESAME_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+        "-A SESAME_OUTPUT -p tcp -j REDIRECT --to-ports 16001",
     ]
     assert lines[-1] == "COMMIT"
 
@@ -55,7 +55,7 @@ def test_nft_script_recreates_only_its_own_table_atomically():
         "ip daddr 127.0.0.0/8 return",
         "ip daddr { 10.96.0.10/32 } return",
         "tcp dport { 15020, 8443 } return",
-        "meta l4proto tcp redirect to :15001",
+        "meta l4proto tcp redirect to :16001",
     ]
 
 
