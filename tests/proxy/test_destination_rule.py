@@ -202,3 +202,59 @@ async def test_connect_to_an_ungoverned_host_is_tunneled_with_the_real_certifica
         resp = await client.get(f"https://localhost:{https_api.port}/v1/hello")
     assert resp.status_code == 401  # no credential: the proxy only relayed bytes
     assert cp.exchanges == []
+
+
+async def _gauge(proxy) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(proxy.admin_url + "/metrics")).text
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("sesame_proxy_open_connections"))
+
+
+async def test_failed_client_handshakes_and_tunnels_keep_the_gauge_and_the_logs_clean(
+    cp, https_api, pki, token_file
+):
+    """As a real process (uvloop): apps that reject the pod CA on an intercepted CONNECT, and urllib
+    tunnels to an ungoverned host, are counted in and out once each, and log nothing at error level
+    (issue 11: the gauge reached -5; every tunnel logged "Task exception was never retrieved")."""
+    import urllib.request
+
+    from tests.proxy.procs import governed_args, start_proxy_process
+
+    cp.script["aud-api"] = [("ok", API_KEY)]
+    cp.routes = [route("api", "localhost", https_api.port)]
+    proxy = await start_proxy_process(*governed_args(cp.url, token_file, pki))
+    try:
+        await proxy.wait_ready(100)
+        untrusting = ssl.create_default_context()  # the system roots only: refuses the pod-CA leaf
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(*proxy.listen)
+            writer.write(f"CONNECT localhost:{https_api.port} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            await read_head(reader)
+            try:
+                await writer.start_tls(untrusting, server_hostname="localhost")
+            except ssl.SSLError:
+                pass
+            writer.close()
+        ctx = ssl.create_default_context(cafile=str(pki.dev_ca_file))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"https": proxy.url}), urllib.request.HTTPSHandler(context=ctx)
+        )
+
+        def fetch() -> int:
+            try:  # 127.0.0.1 is not governed (the route names localhost): tunneled, no credential
+                return opener.open(f"https://127.0.0.1:{https_api.port}/v1/hello", timeout=10).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        for _ in range(5):
+            assert await asyncio.to_thread(fetch) == 401
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if await _gauge(proxy) == 0:
+                break
+        assert await _gauge(proxy) == 0
+        errors = [r for r in proxy.logs if r.get("level") in ("error", "critical") or "raw" in r]
+        assert errors == [], errors
+    finally:
+        await proxy.stop()
