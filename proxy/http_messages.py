@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 MAX_HEAD = 64 * 1024  # request line + fields, in total bytes, however many reads they took
-MAX_REQUEST_LINE = 8 * 1024
+MAX_REQUEST_LINE = 8 * 1024  # request line and its CRLF
 _MAX_FIELDS = 200
 # Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own; Transfer-Encoding is kept because bodies
 # are relayed in the framing they arrived in.
@@ -182,8 +182,8 @@ def parse_request_head(raw: bytes) -> Request:
         raise HeadTooLarge(f"request head larger than {MAX_HEAD} bytes")
     lines = _lines(raw, BadRequest)
     line = lines[0]
-    if len(line) > MAX_REQUEST_LINE:
-        raise URITooLong(f"request line longer than {MAX_REQUEST_LINE} bytes")
+    if len(line) + 2 > MAX_REQUEST_LINE:  # with its CRLF, as nginx counts (414 from 8,191 bytes on)
+        raise URITooLong(f"request line (with its CRLF) longer than {MAX_REQUEST_LINE} bytes")
     m = REQUEST_LINE.fullmatch(line)
     if m is None:
         raise BadRequest(f"malformed request line {line[:60]!r}")
