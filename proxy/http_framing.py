@@ -10,6 +10,8 @@ the control plane's replies. Nothing here does I/O: bytes go in, positions and p
 
 from __future__ import annotations
 
+import re
+
 from proxy.errors import HeadTooLarge, ProxyError
 from proxy.http_grammar import CHUNK_LINE, FIELD_LINE, MAX_CHUNK_LINE
 from proxy.http_messages import MAX_HEAD, Body
@@ -17,6 +19,7 @@ from proxy.http_messages import MAX_HEAD, Body
 __all__ = ["BodyFramer", "find_head", "framer"]
 
 _MAX_TRAILERS = 16 * 1024
+_LEADING_EMPTY_LINES = re.compile(rb"[\r\n]*")
 
 
 def find_head(buf: bytes | bytearray, error: type[ProxyError], *, limit: int = MAX_HEAD) -> int | None:
@@ -25,8 +28,9 @@ def find_head(buf: bytes | bytearray, error: type[ProxyError], *, limit: int = M
     The limit holds on total bytes however they arrived; a bare LF ends nothing and is refused at
     once (it would otherwise hold the connection until the head limit)."""
     end = buf.find(b"\r\n\r\n", 0, limit + 4)
-    scanned = bytes(buf[: end + 4] if end >= 0 else buf[:limit]).lstrip(b"\r\n")
-    if scanned.count(b"\n") != scanned.count(b"\r\n"):
+    stop = end + 4 if end >= 0 else limit
+    start = _LEADING_EMPTY_LINES.match(buf, 0, stop).end()  # type: ignore[union-attr]
+    if buf.count(b"\n", start, stop) != buf.count(b"\r\n", start, stop):  # in place: no copy per read
         raise error("bare LF in the message head")
     if end >= 0:
         return end + 4
@@ -111,6 +115,8 @@ class _Chunked(BodyFramer):
         self._trailers = 0
 
     def feed(self, data: bytes | memoryview) -> int:
+        if isinstance(data, memoryview):
+            data = data.tobytes()  # one copy per read; lines are then found in place
         i, n = 0, len(data)
         while i < n and not self.done:
             state = self._state
@@ -134,16 +140,20 @@ class _Chunked(BodyFramer):
                 i = self._line_byte(data, i, n)
         return i
 
-    def _line_byte(self, data: bytes | memoryview, i: int, n: int) -> int:
-        """Accumulate a size or trailer line; act on it at its CRLF. Returns the new position."""
-        end = bytes(data[i:n]).find(b"\n")
-        piece = data[i:n] if end < 0 else data[i : i + end + 1]
-        self._line += piece
+    def _line_byte(self, data: bytes, i: int, n: int) -> int:
+        """Accumulate a size or trailer line; act on it at its CRLF. Returns the new position.
+
+        The LF is searched in place, bounded by the line limit: never a copy of the rest of the read
+        (a read full of one-byte chunks would otherwise cost time quadratic in its size)."""
         limit = MAX_CHUNK_LINE if self._state == _SIZE else _MAX_TRAILERS - self._trailers
+        stop = min(n, i + limit + 1)
+        end = data.find(b"\n", i, stop)
+        piece = data[i:stop] if end < 0 else data[i : end + 1]
+        self._line += piece
         if len(self._line) > limit:
             raise self.error("chunk-size or trailer line too long")
         if end < 0:
-            return n
+            return stop  # == n: a line longer than the rest of the read would have raised above
         line = bytes(self._line)
         self._line.clear()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:

@@ -47,8 +47,9 @@ REQUEST_LINE = re.compile(rb"(" + _METHOD + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([
 
 # status-line = HTTP-version SP status-code SP [ reason-phrase ]
 # reason-phrase = 1*( HTAB / SP / VCHAR / obs-text ). Deviation: the SP before an empty reason may be
-# missing (common in the wild, and harmless: the status code is fixed width).
-STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
+# missing (common in the wild, and harmless: the status code is fixed width). status-code = 3DIGIT,
+# and RFC 9110 §15 makes only 100 to 599 valid (a "099" would otherwise pass for an interim response).
+STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([1-5][0-9]{2})(?: ([\t \x21-\x7e\x80-\xff]*))?")
 
 # authority = host [ ":" port ] ; host = IP-literal / IPv4address / reg-name ; port = *DIGIT
 # reg-name = *( unreserved / pct-encoded / sub-delims ). Deviation: reg-name must not be empty.

@@ -50,6 +50,9 @@ _SPECIAL = _FRAMING | HOP_BY_HOP
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
 _FIELD_BYTES = FIELD_CHARS + b"\r\n"
 _TCHARS_TEXT = TCHARS.decode("ascii")
+# Never dropped because Connection names them: the body is relayed in the framing these fields give,
+# so a request (or response) stripped of them would be framed differently by the next hop (smuggling).
+_NEVER_NOMINATED = frozenset({"content-length", "transfer-encoding", "host"})
 
 
 class Body:
@@ -140,7 +143,7 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
                     msg.expect_continue = value.lower() == "100-continue"
             if lname not in HOP_BY_HOP:
                 kept.append(header)
-        named = conn_tokens - _CONNECTION_OPTIONS
+        named = conn_tokens - _CONNECTION_OPTIONS - _NEVER_NOMINATED
         if named:  # Connection names other fields: they are hop-by-hop too
             kept = [h for h in kept if h[0].lower() not in named]
     msg.headers = kept

@@ -168,6 +168,13 @@ ROWS: list[Row] = [
                                                b"0\r\n\r\n"), 400, BAD),
     reject("chunked-and-content-length", post(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
                                                b"0\r\n\r\n"), 400, BAD),
+    # §7.6.1 (RFC 9110) Connection options never strip the framing the proxy relays, nor Host
+    accept("connection-names-content-length",
+           post(b"Connection: content-length\r\nContent-Length: 5\r\n", b"hello"), body=b"hello"),
+    accept("connection-names-transfer-encoding",
+           post(b"Connection: keep-alive, Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n",
+                b"5\r\nhello\r\n0\r\n\r\n"), body=b"hello"),
+    accept("connection-names-host", post(b"Connection: host\r\nContent-Length: 2\r\n", b"hi"), body=b"hi"),
     # §6.1 Transfer-Encoding
     accept("chunked", chunked(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), body=b"hello world"),
     accept("chunked-upper-case-coding", post(b"Transfer-Encoding: Chunked\r\n", b"2\r\nhi\r\n0\r\n\r\n"),
