@@ -97,6 +97,7 @@ ROWS: list[Row] = [
     accept("valid-get", get()),
     accept("valid-query", get(line=b"GET http://{A}/a/b?c=d&e=%41 HTTP/1.1")),
     accept("one-empty-line-before-request-line", b"\r\n" + get()),
+    reject("two-empty-lines-before-request-line", b"\r\n\r\n" + get(), 400, BAD),  # §2.2: one SHOULD go
     accept("http-1.0-without-host", get(b"", line=b"GET http://{A}/ HTTP/1.0")),
     accept("http-1.2-is-1.x", get(line=b"GET http://{A}/ HTTP/1.2")),
     accept("method-extension", get(line=b"VERSION-CONTROL http://{A}/ HTTP/1.1")),
