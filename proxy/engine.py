@@ -53,6 +53,7 @@ REPLAY_LIMIT = 64 * 1024  # bodies up to this size are held so the request can b
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _HANDSHAKE_TIMEOUT = 10.0
 _IDLE, _HEAD, _WAIT, _RESPONSE, _BODY, _DONE = range(6)
+_LINGER = 2.0  # seconds an app's input is read and discarded after an error reply
 log = logging.getLogger("sesame.proxy.http")
 
 
@@ -137,6 +138,8 @@ class ClientConnection(asyncio.Protocol):
             self._pump()
 
     def data_received(self, data: bytes) -> None:
+        if self.phase == _DONE:
+            return  # closing (lingering after an error): the app's bytes are discarded
         if self.req is None and not self.buf and self.transport is not None:
             self._head(data)  # the common case: a new request, read without copying it first
             return
@@ -146,7 +149,7 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        if self.req is None:
+        if self.req is None or self.phase == _DONE:
             return False
         return True  # half-closed while a response is due: answer, then close
 
@@ -232,9 +235,22 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, exc: ProxyError) -> None:
         """A request that cannot be served: answer and close (its framing cannot be trusted)."""
-        self.phase = _DONE
         self.transport.write(self.e.error_reply(exc, UNGOVERNED, keep_alive=False))  # type: ignore[union-attr]
-        self.transport.close()  # type: ignore[union-attr]
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after an error reply as nginx does: send FIN once the reply is out, then read and
+        discard what the app is still sending for a while, so the kernel does not reset the
+        connection (and destroy the reply) while the app's input is unread."""
+        self.phase = _DONE
+        self.buf = bytearray()
+        transport = self.transport
+        assert transport is not None and self._watchdog is not None
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._watchdog.arm(_LINGER)
+        else:
+            transport.close()
 
     def _begin(self, req: Request) -> None:
         self.req, self.phase = req, _WAIT  # no timer: the credential and the dial have their own
@@ -297,7 +313,9 @@ class ClientConnection(asyncio.Protocol):
             self.phase = _DONE
             if not self.responded:
                 self.transport.write(error_response(exc, keep_alive=False))  # type: ignore[union-attr]
-            self.transport.close()  # type: ignore[union-attr]
+                self._close_lingering()
+            else:
+                self.transport.abort()  # type: ignore[union-attr]
             return
         self._reject(exc)
 
@@ -509,7 +527,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _expired(self) -> None:
         phase = self.phase
-        if phase == _IDLE:
+        if phase == _IDLE or phase == _DONE:  # _DONE: the lingering close is over
             self.phase = _DONE
             self.transport.abort()  # type: ignore[union-attr]
         elif phase == _HEAD:
@@ -543,6 +561,7 @@ class ClientConnection(asyncio.Protocol):
         route = self.e.routes().lookup("tls", host, port)
         self.e.observe(host, port, route is not None)
         self.phase = _DONE  # this protocol object is done: the transport moves on
+        self._watchdog.cancel()  # type: ignore[union-attr]
         self.transport.pause_reading()  # type: ignore[union-attr]
         if route is None:
             self.e.spawn(self._tunnel(host, port))

@@ -183,10 +183,7 @@ async def recorder():
     await rec.server.close()
 
 
-_PARAMS = [
-    pytest.param(r, id=r.id, marks=[pytest.mark.xfail(strict=True, reason=r.engine_bug)] * bool(r.engine_bug))
-    for r in ROWS
-]
+_PARAMS = [pytest.param(r, id=r.id) for r in ROWS]
 
 
 @pytest.mark.parametrize("governed", [False, True], ids=["ungoverned", "governed"])
@@ -307,4 +304,4 @@ async def test_sesame_refuses_whatever_nginx_refuses(nginx, cp, start_proxy, rec
         if (theirs.status, their_bytes == 0) != (ours.status, our_bytes == 0):
             differences.append(verdicts)
     print("\n".join(["rows where nginx and Sesame differ:", *differences]))
-    assert lenient == [r.id for r in ROWS if r.engine_bug], differences  # known engine defects only
+    assert lenient == [], differences  # where nginx refuses, Sesame refuses too
