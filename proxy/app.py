@@ -22,9 +22,9 @@ from proxy.listener import Listener
 from proxy.metrics import Metrics
 from proxy.pool import ConnectionPool
 from proxy.reporter import Observations, Reporter
-from proxy.routes import RouteSync
+from proxy.routes import RouteSync, RouteTable
 from proxy.tasks import Tasks
-from proxy.tls import LeafCertificates, UpstreamTLS, client_context, load_pod_ca
+from proxy.tls import LeafCertificates, UpstreamTLS, client_context
 
 __all__ = ["WORKER_THREADS", "Proxy", "run"]
 
@@ -33,6 +33,11 @@ __all__ = ["WORKER_THREADS", "Proxy", "run"]
 WORKER_THREADS = 2
 
 log = logging.getLogger("sesame.proxy")
+
+
+def intercepted_hosts(table: RouteTable) -> list[str]:
+    """The hosts whose TLS the proxy terminates: their leaves are signed before the first request."""
+    return [route.host for route in table.routes if any(kind == "tls" for kind, _, _ in route.keys())]
 
 
 class Proxy:
@@ -74,7 +79,8 @@ class Proxy:
         self.admin: AdminServer | None = None
 
     async def start(self) -> None:
-        store = await asyncio.to_thread(load_pod_ca, self.settings.ca_dir)  # RSA key generation when missing
+        leaves = LeafCertificates(self.settings.ca_dir)
+        await leaves.ensure_ca()  # the init container made it; created here when the proxy runs alone
         upstream_tls = await asyncio.to_thread(UpstreamTLS, self.settings.upstream_ca_file)
         nofile = raise_fd_limit()
         limiter = ConnectionLimiter(
@@ -86,7 +92,7 @@ class Proxy:
             routes=lambda: self.routes.table,
             credentials=self.credentials,
             pool=self.connections,
-            leaves=LeafCertificates(store, self.settings.ca_dir),
+            leaves=leaves,
             metrics=self.metrics,
             observe=self.observations.record,
             timeouts=Timeouts(
@@ -107,6 +113,7 @@ class Proxy:
             listen6=self.settings.listen6,
             listen6_required=self.settings.listen6_required,
         )
+        self.routes.on_change = lambda table: tasks.spawn(leaves.prefetch(intercepted_hosts(table)))
         self.admin = AdminServer(
             address=self.settings.admin,
             metrics=self.metrics,

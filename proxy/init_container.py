@@ -137,7 +137,7 @@ def _hand_to_proxy(ca_dir: Path, uid: int) -> None:
 
 def run(settings: InitSettings, *, resolve: Resolver | None = None) -> None:
     """Create the CA and trust bundles, then install the rules (transparent mode)."""
-    from proxy.tls import init_pod_ca  # mitmproxy's cert store: imported only when needed
+    from proxy.pod_ca import init_pod_ca  # mitmproxy's cert store: imported only when needed
 
     paths = init_pod_ca(settings.ca_dir, settings.trust_dir)
     if os.geteuid() == 0 and settings.redirect.proxy_uid != 0:

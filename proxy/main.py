@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "init-ca":
-            from proxy.tls import init_pod_ca
+            from proxy.pod_ca import init_pod_ca
 
             paths = init_pod_ca(Path(args.ca_dir), Path(args.trust_dir))
             print(json.dumps({k: str(v) for k, v in paths.items()}))

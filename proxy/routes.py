@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -111,6 +112,7 @@ class RouteSync:
         self.refresh_seconds = DEFAULT_REFRESH_SECONDS
         self._etag: str | None = None
         self._task: asyncio.Task | None = None
+        self.on_change: Callable[[RouteTable], None] | None = None  # e.g. sign the new hosts' leaves
 
     async def refresh(self) -> bool:
         """One poll; True when the table changed."""
@@ -126,6 +128,8 @@ class RouteSync:
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("skipping malformed route", extra={"route": raw.get("name"), "reason": str(exc)})
         self.table = RouteTable(routes)
+        if self.on_change is not None:
+            self.on_change(self.table)
         self._etag = etag
         self.refresh_seconds = min(max(int(refresh or DEFAULT_REFRESH_SECONDS), _MIN_REFRESH), _MAX_REFRESH)
         self.loaded.set()

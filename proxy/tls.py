@@ -1,20 +1,26 @@
-"""TLS: the pod CA and its leaf certificates (mitmproxy's CertStore), and upstream verification."""
+"""TLS for the running proxy: leaf contexts for intercepted hosts, upstream verification.
+
+This module imports `ssl` only. The pod CA and the signing of leaf certificates (cryptography and
+mitmproxy's CertStore, ~17 MB of RSS) live in proxy/pod_ca.py, which the running proxy never
+imports: leaves are signed in a short-lived forked child, in one batch for all governed hosts when
+the routes change, and cached here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
-import ipaddress
 import itertools
+import json
+import logging
 import os
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from cryptography import x509
-from mitmproxy import certs
+from proxy.errors import ProxyError
 
 __all__ = [
     "BUNDLE_NAME",
@@ -23,17 +29,16 @@ __all__ = [
     "TRUSTSTORE_NAME",
     "TRUSTSTORE_PASSWORD",
     "LeafCertificates",
+    "LeafSigningFailed",
     "UpstreamTLS",
     "client_context",
-    "init_pod_ca",
-    "load_pod_ca",
+    "sign_in_child",
     "system_roots_dir",
     "system_roots_file",
 ]
 
 CA_BASENAME = "sesame"
-CA_KEY_SIZE = 2048
-DEFAULT_LEAF_LIFETIME = datetime.timedelta(days=2)
+DEFAULT_LEAF_LIFETIME = 2 * 24 * 3600.0  # seconds; renewed at half-life
 _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
     "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
@@ -47,9 +52,53 @@ BUNDLE_NAME = "ca-bundle.pem"
 TRUSTSTORE_NAME = "truststore.p12"
 TRUSTSTORE_PASSWORD = "changeit"  # the trust store holds public certificates only; Java wants a password
 
-# mitmproxy signs leaves valid for a year (module constant); pod-CA leaves are short-lived and
-# renewed by LeafCertificates below, so lower it once here.
-certs.CERT_EXPIRY = DEFAULT_LEAF_LIFETIME
+log = logging.getLogger("sesame.proxy.tls")
+
+Signer = Callable[[Path, list[str]], Awaitable[dict[str, bytes]]]
+
+
+class LeafSigningFailed(ProxyError):
+    """The pod CA could not sign a leaf for an intercepted host (no CA, or the signer failed)."""
+
+    code, status = "leaf_signing_failed", 502
+
+
+async def sign_in_child(ca_dir: Path, hosts: list[str]) -> dict[str, bytes]:
+    """Leaf certificates (PEM) for `hosts`, signed by the pod CA in a forked child process
+    (proxy/pod_ca.py), so this process never loads cryptography or mitmproxy. A fork, not an exec:
+    no interpreter path to find or be allowed to run. No hosts: make sure the pod CA exists."""
+    return await asyncio.to_thread(_fork_and_sign, ca_dir, hosts)
+
+
+def _fork_and_sign(ca_dir: Path, hosts: list[str]) -> dict[str, bytes]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: sign, write JSON to the pipe, exit without running any parent code
+        status = 1
+        try:
+            os.close(read_end)
+            from proxy.pod_ca import sign_leaves
+
+            payload = json.dumps({"leaves": sign_leaves(ca_dir, hosts)}).encode()
+            status = 0
+        except BaseException as exc:
+            payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"[:300]}).encode()
+        try:
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()  # EOF when the child exits; bounded by the child's own work
+    _, status = os.waitpid(pid, 0)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = {"error": f"the signer exited with status {status} and no answer"}
+    if "leaves" not in answer:
+        raise LeafSigningFailed(f"signing leaves failed: {answer.get('error')}")
+    return {host: pem.encode() for host, pem in answer["leaves"].items()}
 
 
 def system_roots_file() -> str:
@@ -76,37 +125,6 @@ def system_roots_dir() -> str | None:
     return None
 
 
-def load_pod_ca(ca_dir: Path) -> certs.CertStore:
-    """Load the pod CA from `ca_dir`, creating it (private files, umask 077) when missing."""
-    ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return certs.CertStore.from_store(ca_dir, CA_BASENAME, CA_KEY_SIZE)
-
-
-def init_pod_ca(
-    ca_dir: Path, trust_dir: Path, *, truststore_password: str = TRUSTSTORE_PASSWORD
-) -> dict[str, Path]:
-    """`sesame-proxy init-ca`: create (or reuse) the pod CA in the private `ca_dir`, and write the apps'
-    trust material to `trust_dir`: ca-bundle.pem (system roots + pod CA) and truststore.p12 (Java)."""
-    from proxy import pkcs12_truststore  # init-ca only: not loaded by `run`
-
-    store = load_pod_ca(ca_dir)
-    ca_pem = store.default_ca.to_pem()
-    trust_dir.mkdir(parents=True, exist_ok=True)
-    roots = Path(system_roots_file()).read_bytes()
-    bundle, truststore = trust_dir / BUNDLE_NAME, trust_dir / TRUSTSTORE_NAME
-    _write_public(bundle, roots.rstrip(b"\n") + b"\n" + ca_pem)
-    entries = pkcs12_truststore.trust_entries(roots, ca_pem)  # Java: public roots too, not only ours
-    _write_public(truststore, pkcs12_truststore.serialize(entries, truststore_password))
-    return {"ca": ca_dir / f"{CA_BASENAME}-ca-cert.pem", "bundle": bundle, "truststore": truststore}
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def client_context(ca: str | None = None, *, roots_dir: str | None = None) -> ssl.SSLContext:
     """Verification against the system roots plus `ca` (PEM text or a PEM file path).
 
@@ -127,50 +145,81 @@ def client_context(ca: str | None = None, *, roots_dir: str | None = None) -> ss
 class LeafCertificates:
     """Server-side SSLContexts for governed hosts, one per host, signed by the pod CA and cached.
 
-    A context is rebuilt when its leaf passes half of its lifetime; signing runs off the event loop.
+    `prefetch` signs every governed host in one batch (when the routes change); `context_for` signs
+    one on demand when it was not prefetched. A context is rebuilt past half its leaf's lifetime.
     """
 
     def __init__(
-        self, store: certs.CertStore, ca_dir: Path, *, lifetime: datetime.timedelta = DEFAULT_LEAF_LIFETIME
-    ):
-        self._store = store
-        self._ca_file = ca_dir / f"{CA_BASENAME}-ca.pem"  # the CA key signs and also keys the leaves
-        self._dir = ca_dir
-        self._renew_after = lifetime.total_seconds() / 2
+        self,
+        ca_dir: Path,
+        *,
+        lifetime: float = DEFAULT_LEAF_LIFETIME,
+        signer: Signer = sign_in_child,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ca_dir = ca_dir
+        self._key_file = ca_dir / f"{CA_BASENAME}-ca.pem"  # the CA key signs and also keys the leaves
+        self._signer, self._clock = signer, clock
+        self._renew_after = lifetime / 2
         self._contexts: dict[str, tuple[ssl.SSLContext, float]] = {}
-        self._pending: dict[str, asyncio.Future[ssl.SSLContext]] = {}
+        self._pending: dict[str, asyncio.Future[None]] = {}
+
+    async def ensure_ca(self) -> None:
+        """Create the pod CA when `ca_dir` has none (the init container normally did)."""
+        if not self._key_file.exists():
+            await self._signer(self._ca_dir, [])
+
+    def _fresh(self, host: str) -> ssl.SSLContext | None:
+        entry = self._contexts.get(host)
+        return entry[0] if entry is not None and self._clock() < entry[1] else None
 
     async def context_for(self, host: str) -> ssl.SSLContext:
-        entry = self._contexts.get(host)
-        if entry is not None and time.monotonic() < entry[1]:
-            return entry[0]
-        pending = self._pending.get(host)
-        if pending is None:
-            pending = self._pending[host] = asyncio.ensure_future(asyncio.to_thread(self._build, host))
-            pending.add_done_callback(lambda _f: self._pending.pop(host, None))
-        return await asyncio.shield(pending)
+        ctx = self._fresh(host)
+        if ctx is None:
+            await self._sign([host])
+            ctx = self._fresh(host)
+            if ctx is None:  # pragma: no cover - the signer answered without this host
+                raise LeafSigningFailed(f"no leaf certificate for {host}")
+        return ctx
 
-    def _build(self, host: str) -> ssl.SSLContext:
+    async def prefetch(self, hosts: Iterable[str]) -> None:
+        """Sign the leaves of `hosts` that have none (or an old one), in one batch; failures are logged."""
         try:
-            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            san = x509.DNSName(host)
-        sans = x509.GeneralNames([san])
-        self._store.certs.pop((host, sans), None)  # renewals must not get the cached old leaf back
-        entry = self._store.get_cert(host, [san])
+            await self._sign([h for h in dict.fromkeys(hosts) if self._fresh(h) is None])
+        except ProxyError as exc:
+            log.warning("leaf prefetch failed", extra={"error": exc.code, "reason": exc.message})
+
+    async def _sign(self, hosts: list[str]) -> None:
+        """One signer run for the hosts no run is already signing; then wait for all of them."""
+        mine = [h for h in hosts if h not in self._pending]
+        if mine:
+            batch = asyncio.ensure_future(self._run(mine))
+            for host in mine:
+                self._pending[host] = batch
+            batch.add_done_callback(lambda _f: [self._pending.pop(h, None) for h in mine])
+        waits = {self._pending[h] for h in hosts if h in self._pending}
+        for fut in waits:
+            await asyncio.shield(fut)
+
+    async def _run(self, hosts: list[str]) -> None:
+        pems = await self._signer(self._ca_dir, hosts)
+        expires = self._clock() + self._renew_after
+        for host, pem in pems.items():
+            self._contexts[host] = (await asyncio.to_thread(self._context, pem), expires)
+
+    def _context(self, leaf_pem: bytes) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(ALPN)
         # load_cert_chain reads files only: a private, unique, short-lived file in the CA directory
-        leaf_path = self._dir / f".leaf-{os.getpid()}-{next(_leaf_files)}.pem"
+        leaf_path = self._ca_dir / f".leaf-{os.getpid()}-{next(_leaf_files)}.pem"
         fd = os.open(leaf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(entry.cert.to_pem())
-            ctx.load_cert_chain(leaf_path, self._ca_file)
+                fh.write(leaf_pem)
+            ctx.load_cert_chain(leaf_path, self._key_file)
         finally:
             os.unlink(leaf_path)
-        self._contexts[host] = (ctx, time.monotonic() + self._renew_after)
         return ctx
 
 

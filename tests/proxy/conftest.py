@@ -14,7 +14,7 @@ from devkit.certs import DevCA
 from devkit.upstream import ApiServer, server_context
 from proxy.app import Proxy
 from proxy.config import ProxySettings
-from proxy.tls import init_pod_ca
+from proxy.pod_ca import init_pod_ca
 from tests.proxy.cp_double import ControlPlaneDouble
 
 API_KEY = "sk-live-upstream-secret"

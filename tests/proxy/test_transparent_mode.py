@@ -22,7 +22,7 @@ import pytest
 
 from devkit.upstream import ApiServer, server_context
 from proxy.netfilter import RedirectSettings, apply_rules
-from proxy.tls import init_pod_ca
+from proxy.pod_ca import init_pod_ca
 from tests.netfilter_tools import require_netfilter
 from tests.proxy.conftest import API_KEY, route
 from tests.proxy.cp_double import ControlPlaneDouble

@@ -16,8 +16,9 @@ from proxy.controlplane_client import ControlPlaneClient
 from proxy.errors import ConfigError
 from proxy.identity import TokenFile
 from proxy.inject import compile_injector
+from proxy.pod_ca import init_pod_ca
 from proxy.routes import Injection, Route, RouteSync
-from proxy.tls import TRUSTSTORE_PASSWORD, client_context, init_pod_ca
+from proxy.tls import TRUSTSTORE_PASSWORD, client_context
 from tests.proxy.conftest import route
 
 
