@@ -9,11 +9,12 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from proxy.admin import AdminServer
 from proxy.config import ProxySettings
 from proxy.connection_limits import ConnectionLimiter, default_max_connections, raise_fd_limit
-from proxy.controlplane_client import ControlPlaneClient
+from proxy.controlplane_client import ControlPlaneClient, ReloadingTrust
 from proxy.credentials import CredentialCache
 from proxy.engine import Engine, Timeouts
 from proxy.exchange import Exchanges
@@ -35,6 +36,17 @@ WORKER_THREADS = 2
 log = logging.getLogger("sesame.proxy")
 
 
+def _control_plane_trust(settings: ProxySettings) -> dict[str, object]:
+    """How the proxy verifies an https:// control plane: a CA given as a file is re-read when it
+    changes (a mounted ConfigMap follows a CA rollover, docs/kubernetes.md); PEM text is fixed."""
+    if not settings.control_plane.startswith("https"):
+        return {}
+    ca = settings.control_plane_ca
+    if ca and not ca.lstrip().startswith("-----BEGIN") and Path(ca).is_file():
+        return {"trust": ReloadingTrust(Path(ca), client_context)}
+    return {"ssl_context": client_context(ca)}
+
+
 def intercepted_hosts(table: RouteTable) -> list[str]:
     """The hosts whose TLS the proxy terminates: their leaves are signed before the first request."""
     return [route.host for route in table.routes if any(kind == "tls" for kind, _, _ in route.keys())]
@@ -47,13 +59,7 @@ class Proxy:
         self.settings = settings
         self.metrics = Metrics()
         self.token = TokenFile(settings.token_file)
-        self.client = ControlPlaneClient(
-            settings.control_plane,
-            self.token,
-            ssl_context=client_context(settings.control_plane_ca)
-            if settings.control_plane.startswith("https")
-            else None,
-        )
+        self.client = ControlPlaneClient(settings.control_plane, self.token, **_control_plane_trust(settings))
         self.routes = RouteSync(self.client)
         self.credentials = CredentialCache(
             self.client.exchange,

@@ -273,3 +273,17 @@ async def test_route_refresh_survives_any_reply_and_retries_with_backoff(token_f
         await sync.close()
         await sync.client.close()
         await server.close()
+
+
+def test_a_control_plane_ca_given_as_a_file_is_followed_when_it_changes(pki, token_file):
+    """The proxy re-reads a mounted CA file (a CA rollover), and keeps PEM text as given."""
+    from proxy.app import Proxy
+    from proxy.controlplane_client import ReloadingTrust
+    from tests.proxy.conftest import settings_for
+
+    url = "https://cp.test:8443"
+    as_file = Proxy(settings_for(url, pki, token_file, control_plane_ca=str(pki.dev_ca_file)))
+    assert isinstance(as_file.client._trust, ReloadingTrust)
+    pem = pki.dev_ca_file.read_text()
+    as_text = Proxy(settings_for(url, pki, token_file, control_plane_ca=pem))
+    assert as_text.client._trust is None
