@@ -119,6 +119,7 @@ class InjectorSettings:
     proxy_port: int = DEFAULT_PROXY_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
     proxy_uid: int = DEFAULT_PROXY_UID
+    proxy_max_connections: int = 0  # 0: the proxy derives it from its file-descriptor limit
     # Never redirected: the meshes' proxies (Istio, Linkerd), which must reach the network directly.
     exclude_uids: tuple[int, ...] = DEFAULT_EXCLUDE_UIDS
     truststore_password: str = DEFAULT_TRUSTSTORE_PASSWORD
@@ -156,6 +157,8 @@ class InjectorSettings:
                 raise StartupError(f"SESAME_INJECTOR_{name.upper()} must be a TCP port")
         if self.proxy_port == self.admin_port:
             raise StartupError("SESAME_INJECTOR_PROXY_PORT and SESAME_INJECTOR_ADMIN_PORT must differ")
+        if self.proxy_max_connections < 0:
+            raise StartupError("SESAME_INJECTOR_PROXY_MAX_CONNECTIONS must be 0 (automatic) or positive")
         if not 0 < self.proxy_uid < 2**31:
             raise StartupError("SESAME_INJECTOR_PROXY_UID must be a non-root UID")
         if self.proxy_uid in self.exclude_uids or not all(0 < u < 2**31 for u in self.exclude_uids):
@@ -185,6 +188,7 @@ class InjectorSettings:
             proxy_port = int(get("PROXY_PORT", str(DEFAULT_PROXY_PORT)))
             admin_port = int(get("ADMIN_PORT", str(DEFAULT_ADMIN_PORT)))
             proxy_uid = int(get("PROXY_UID", str(DEFAULT_PROXY_UID)))
+            max_connections = int(get("PROXY_MAX_CONNECTIONS", "0"))
             uids = items("EXCLUDE_UIDS") if "SESAME_INJECTOR_EXCLUDE_UIDS" in env else DEFAULT_EXCLUDE_UIDS
             exclude_uids = tuple(int(u) for u in uids)
         except ValueError as exc:
@@ -213,6 +217,7 @@ class InjectorSettings:
             proxy_port=proxy_port,
             admin_port=admin_port,
             proxy_uid=proxy_uid,
+            proxy_max_connections=max_connections,
             exclude_uids=exclude_uids,
             truststore_password=get("TRUSTSTORE_PASSWORD", DEFAULT_TRUSTSTORE_PASSWORD),
             control_plane_ca=get("CONTROL_PLANE_CA", "").strip(),
@@ -291,6 +296,8 @@ def proxy_env(settings: InjectorSettings, *, mode: str) -> list[dict[str, Any]]:
         {"name": "SESAME_CA_DIR", "value": CA_DIR},
         {"name": "SESAME_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    if settings.proxy_max_connections:
+        env.append({"name": "SESAME_MAX_CONNECTIONS", "value": str(settings.proxy_max_connections)})
     if settings.control_plane_ca_configmap:
         env.append({"name": "SESAME_CONTROL_PLANE_CA", "value": f"{CP_CA_DIR}/ca.crt"})
     elif settings.control_plane_ca:

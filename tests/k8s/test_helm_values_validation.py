@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.injector_spec import InjectorSettings
+from controlplane.injector_spec import InjectorSettings, proxy_env
 
 from .chart import CHART, RELEASE, find, literal_env, render
 
@@ -80,3 +80,14 @@ def test_ports_and_uid_follow_chart_values(helm: Path):
     )
     settings = InjectorSettings.build(literal_env(custom))
     assert (settings.proxy_port, settings.admin_port, settings.proxy_uid) == (17001, 17020, 4242)
+
+
+def test_proxy_max_connections_flows_from_the_chart_to_the_proxy(helm: Path):
+    """injector.proxyMaxConnections → the webhook's settings → SESAME_MAX_CONNECTIONS in the sidecar."""
+    assert "SESAME_MAX_CONNECTIONS" not in {e["name"] for e in proxy_env(InjectorSettings(), mode="explicit")}
+    custom = find(render(helm, None, "injector.proxyMaxConnections=500"), "Deployment")
+    settings = InjectorSettings.build(literal_env(custom))
+    env = {e["name"]: e.get("value") for e in proxy_env(settings, mode="transparent")}
+    assert env["SESAME_MAX_CONNECTIONS"] == "500"
+    bad = template(helm, "--set", "injector.proxyMaxConnections=-1")
+    assert bad.returncode != 0 and "proxyMaxConnections" in bad.stderr
