@@ -30,9 +30,12 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class AddressRefused(SesameError):
-    """A URL's host is (or resolves only to) an address the outbound policy refuses."""
+    """A URL's host is (or resolves only to) an address the outbound policy refuses.
 
-    code, status = "outbound_address_refused", 400
+    403: the request is well formed; the operator's policy (not the schema) forbids the address.
+    """
+
+    code, status = "outbound_address_refused", 403
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ from controlplane.errors import InvalidRequest
 from controlplane.validation import Int, Str
 
 __all__ = [
+    "CURSOR_FORMAT",
     "DEFAULT_LIMIT",
+    "EXPORT_CURSOR_FORMAT",
     "LIST_QUERY",
     "MAX_LIMIT",
     "MAX_SEQ",
@@ -36,12 +38,19 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_SEQ = 2**63 - 1  # SQLite INTEGER and PostgreSQL bigint
 MAX_CURSOR_CHARS = 200
+# Custom OpenAPI formats: only a value this server handed out is a cursor (tests/controlplane/
+# schemathesis_hooks.py teaches the fuzzer to make them).
+CURSOR_FORMAT = "sesame-cursor"
+EXPORT_CURSOR_FORMAT = "sesame-export-cursor"
 
 # Query fields every list route accepts; merge into a route's own query Obj.
 LIST_QUERY = {
     "limit": Int(min=1, max=MAX_LIMIT, default=DEFAULT_LIMIT, description="page size"),
     "cursor": Str(
-        required=False, max_len=MAX_CURSOR_CHARS, description="opaque next_cursor of the previous page"
+        required=False,
+        max_len=MAX_CURSOR_CHARS,
+        description="opaque: the next_cursor of the previous page, passed back unchanged",
+        openapi={"format": CURSOR_FORMAT},
     ),
 }
 

@@ -20,6 +20,7 @@ from controlplane.errors import InvalidRequest
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "URL_PATTERN",
     "Bool",
     "Dict",
     "Int",
@@ -33,6 +34,20 @@ __all__ = [
     "parse_query",
 ]
 
+# An absolute http(s) URL: a DNS name or a bracketed IPv6 literal, an optional port, then printable
+# ASCII. Written with classes that mean the same in Python and ECMA-262 (no `\s`, `\w`, `\d`),
+# so the OpenAPI pattern admits exactly what the server does.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV6_PATTERN = (  # RFC 4291 text forms (no embedded IPv4, no zone)
+    rf"(?:{_H16}:){{7}}{_H16}|(?:{_H16}:){{1,7}}:|(?:{_H16}:){{1,6}}:{_H16}"
+    rf"|(?:{_H16}:){{1,5}}(?::{_H16}){{1,2}}|(?:{_H16}:){{1,4}}(?::{_H16}){{1,3}}"
+    rf"|(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}|(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}"
+    rf"|{_H16}:(?::{_H16}){{1,6}}|:(?:(?::{_H16}){{1,7}}|:)"
+)
+URL_PATTERN = (
+    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[(?:" + _IPV6_PATTERN + r")\])"
+    r"(?::[0-9]{1,5})?(?:[/?#][!-~]*)?"
+)
 _MISSING: Any = object()
 MAX_JSON_DEPTH = 64  # a Pod in an AdmissionReview nests ~15 deep; deeper bodies are abuse
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -48,6 +63,9 @@ class Spec:
     default: Any = _MISSING
     nullable: bool = False
     description: str = ""
+    # Extra JSON Schema keywords for /openapi.json: rules `check` (or the handler) enforces that the
+    # basic keywords cannot say, e.g. a `format`, or `if`/`then` between fields.
+    openapi: dict[str, Any] = field(default_factory=dict)
 
     def check(self, value: Any, path: str) -> Any:
         raise NotImplementedError
@@ -56,7 +74,7 @@ class Spec:
         raise NotImplementedError
 
     def json_schema(self) -> dict[str, Any]:
-        out = self.schema()
+        out = {**self.schema(), **self.openapi}
         if self.description:
             out["description"] = self.description
         if self.default is not _MISSING:
@@ -189,6 +207,7 @@ class Obj(Spec):
         object.__setattr__(self, "fields", fields)
         for name in ("required", "default", "nullable", "description"):
             object.__setattr__(self, name, kw.pop(name, getattr(Spec, name, _MISSING)))
+        object.__setattr__(self, "openapi", kw.pop("openapi", {}))
         if kw:
             raise TypeError(f"unknown options {sorted(kw)}")
 

@@ -59,6 +59,8 @@ class Resource:
     audit_fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: {}
     # Audit type of a PATCH from its body (None or absent: `<singular>.updated`).
     update_type: Callable[[dict[str, Any]], str | None] | None = None
+    # /openapi.json schema of the POST body when `create.json_schema()` says less than `prepare` checks.
+    create_schema: dict[str, Any] | None = None
 
 
 async def fetch(request: web.Request, kind: str, singular: str) -> dict[str, Any]:
@@ -184,8 +186,23 @@ def crud_routes(res: Resource) -> list[Route]:
     list_query = Obj({**LIST_QUERY, **res.filters})
     return [
         Route("GET", res.path, list_items, res.read, f"List {title}s", query=list_query),
-        Route("POST", res.path, create_item, res.write, f"Create a {title}", request=res.create, status=201),
+        Route(
+            "POST",
+            res.path,
+            create_item,
+            res.write,
+            f"Create a {title}",
+            request=res.create,
+            status=201,
+            openapi=_request_body(res.create_schema),
+        ),
         Route("GET", item, get_item, res.read, f"Get a {title}"),
         Route("PATCH", item, patch_item, res.write, f"Update a {title}", request=res.patch),
         Route("DELETE", item, delete_item, res.write, f"Delete a {title}", status=204),
     ]
+
+
+def _request_body(schema: dict[str, Any] | None) -> dict[str, Any]:
+    if schema is None:
+        return {}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -15,7 +15,13 @@ from controlplane.clock import format_ts, parse_ts
 from controlplane.config import DEFAULT_AUDIT_EXPORT_MAX_ROWS
 from controlplane.errors import InvalidRequest
 from controlplane.http import audit_event, cursor_seq, json_response, page_response
-from controlplane.pagination import LIST_QUERY, MAX_CURSOR_CHARS, decode_export_cursor, encode_export_cursor
+from controlplane.pagination import (
+    EXPORT_CURSOR_FORMAT,
+    LIST_QUERY,
+    MAX_CURSOR_CHARS,
+    decode_export_cursor,
+    encode_export_cursor,
+)
 from controlplane.permissions import AUDIT_PRUNE, AUDIT_READ
 from controlplane.routes import Route
 from controlplane.store.sql.audit import AUDIT_FIELDS
@@ -28,14 +34,15 @@ NEXT_CURSOR_HEADER = "X-Next-Cursor"  # set on an export cut short by `limit`; p
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = tuple("timestamp" if f == "ts" else f for f in AUDIT_FIELDS)  # as /v1/audit names them
 
+_DATE_TIME = {"format": "date-time"}
 _FILTERS = {
     "workload_id": Str(required=False, max_len=100),
     "target": Str(required=False, max_len=200, description="target_service"),
     "type": Str(required=False, max_len=100),
     "actor": Str(required=False, max_len=200),
     "correlation_id": Str(required=False, max_len=128),
-    "since": Str(required=False, max_len=40, description="RFC 3339, inclusive"),
-    "until": Str(required=False, max_len=40, description="RFC 3339, exclusive"),
+    "since": Str(required=False, max_len=40, description="RFC 3339, inclusive", openapi=_DATE_TIME),
+    "until": Str(required=False, max_len=40, description="RFC 3339, exclusive", openapi=_DATE_TIME),
 }
 AUDIT_QUERY = Obj({**LIST_QUERY, **_FILTERS})
 EXPORT_QUERY = Obj(
@@ -52,6 +59,7 @@ EXPORT_QUERY = Obj(
             required=False,
             max_len=MAX_CURSOR_CHARS,
             description=f"the {NEXT_CURSOR_HEADER} of the previous export",
+            openapi={"format": EXPORT_CURSOR_FORMAT},
         ),
     }
 )

@@ -10,17 +10,18 @@ from controlplane.api._crud import Resource, crud_routes
 from controlplane.api._destinations import refuse_private_literal
 from controlplane.appkeys import CONFIG
 from controlplane.permissions import CLUSTERS_READ, CLUSTERS_WRITE
-from controlplane.validation import Bool, Obj, Str
+from controlplane.validation import URL_PATTERN, Bool, Obj, Str
 
 __all__ = ["CLUSTER_IN", "ROUTES"]
 
-URL = r"https?://[^\s/?#]+[^\s]*"
 
 CLUSTER_IN = Obj(
     {
         "name": Str(max_len=100, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*"),
         "issuer": Str(max_len=2048, description="the `iss` of the cluster's service account tokens"),
-        "jwks_uri": Str(required=False, max_len=2048, pattern=URL, description="default: OIDC discovery"),
+        "jwks_uri": Str(
+            required=False, max_len=2048, pattern=URL_PATTERN, description="default: OIDC discovery"
+        ),
         "audience": Str(
             required=False, max_len=256, description="required `aud` of SA tokens (default SESAME_AUDIENCE)"
         ),

@@ -18,18 +18,17 @@ from aiohttp import web
 from controlplane.api._crud import Resource, crud_routes, etag, fetch
 from controlplane.api._destinations import refuse_private_literal
 from controlplane.appkeys import AUDIT, BODY, ENVELOPE, STORE
-from controlplane.errors import InvalidRequest, NotFound
+from controlplane.errors import Conflict, InvalidRequest, NotFound
 from controlplane.http import change_audit, json_response, now_ts
 from controlplane.permissions import PROVIDERS_READ, PROVIDERS_WRITE
 from controlplane.provider_secrets import seal_secret
 from controlplane.providers import DESTINATION_FIELDS
 from controlplane.routes import Route
-from controlplane.validation import Dict, Int, List, Obj, Str
+from controlplane.validation import URL_PATTERN, Dict, Int, List, Obj, Str
 
 __all__ = ["CONFIG_SCHEMAS", "ROUTES", "secret_fields"]
 
 KIND = "credential_providers"
-URL = r"https?://[^\s/?#]+[^\s]*"
 
 # Per provider type; fields marked secret=True are sealed (match controlplane.providers.SECRET_FIELDS).
 CONFIG_SCHEMAS: dict[str, Obj] = {
@@ -44,7 +43,7 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
     ),
     "oauth2-client-credentials": Obj(
         {
-            "token_url": Str(max_len=2048, pattern=URL),
+            "token_url": Str(max_len=2048, pattern=URL_PATTERN),
             "client_id": Str(max_len=512),
             "client_secret": Str(max_len=4096, secret=True),
             "auth_method": Str(
@@ -72,21 +71,70 @@ PROVIDER_IN = Obj(
         ),
     }
 )
-PROVIDER_PATCH = Obj(
-    {
-        "name": Str(required=False, max_len=100),
-        "config": Dict(
-            required=False, max_bytes=128 * 1024, description="non-secret fields; use /rotate for secrets"
-        ),
-    }
-)
-ROTATE_IN = Obj({"config": Dict(max_bytes=128 * 1024, description="the new secret fields")})
-
-
 _SECRET_FIELDS = {
     ptype: tuple(n for n, s in schema.fields.items() if getattr(s, "secret", False))
     for ptype, schema in CONFIG_SCHEMAS.items()
 }
+
+
+def _create_schema() -> dict[str, Any]:
+    """/openapi.json for POST: one schema per provider type, chosen by `type` (the discriminator)."""
+    variants = []
+    for ptype, schema in CONFIG_SCHEMAS.items():
+        config = schema.json_schema()
+        if ptype == "static":  # _check_static
+            config["anyOf"] = [{"required": ["value"]}, {"required": ["username", "password"]}]
+        needs_config = ptype == "static" or "required" in config
+        variants.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "type", *(["config"] if needs_config else [])],
+                "properties": {
+                    "name": PROVIDER_IN.fields["name"].json_schema(),
+                    "type": {"const": ptype},
+                    "config": config,
+                },
+            }
+        )
+    return {"oneOf": variants, "discriminator": {"propertyName": "type"}}
+
+
+def _patch_config() -> Obj:
+    """Every type's fields (the stored type decides; another type's field is 409 `conflict`). A secret
+    field may come only with a field that decides where it is sent (else: /rotate)."""
+    fields: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
+    for ptype, schema in CONFIG_SCHEMAS.items():
+        destinations = DESTINATION_FIELDS[ptype]
+        for name, spec in schema.partial().fields.items():
+            if name in _SECRET_FIELDS[ptype]:
+                if not destinations:
+                    continue  # only /rotate changes it
+                rules[name] = {"anyOf": [{"required": [d]} for d in destinations]}
+            fields[name] = spec
+    return Obj(fields, required=False, openapi={"dependentSchemas": rules})
+
+
+PROVIDER_PATCH = Obj(
+    {
+        "name": Str(required=False, max_len=100),
+        "config": _patch_config(),
+    }
+)
+ROTATE_IN = Obj(
+    {
+        "config": Obj(
+            {
+                name: CONFIG_SCHEMAS[ptype].partial().fields[name]
+                for ptype, names in _SECRET_FIELDS.items()
+                for name in names
+            },
+            description="the new secret fields (of the provider's type; another type's is 409)",
+            openapi={"minProperties": 1},
+        )
+    }
+)
 
 
 def secret_fields(provider_type: str) -> tuple[str, ...]:
@@ -160,6 +208,7 @@ async def _prepare(
         changes["name"] = body["name"]
     if "config" in body:
         ptype = current["type"]
+        _same_type(ptype, body["config"])
         moved = _destination_fields(body["config"], ptype)
         if not moved:
             for key in body["config"]:
@@ -180,22 +229,31 @@ async def _prepare(
     return changes, sealed
 
 
+def _same_type(ptype: str, config: dict[str, Any], names: tuple[str, ...] | None = None) -> None:
+    """409 for a field of another provider type: the request is fine, the stored type decides."""
+    known = names if names is not None else tuple(CONFIG_SCHEMAS[ptype].fields)
+    for key in config:
+        if key not in known:
+            raise Conflict(
+                f"config.{key} is not a field of {ptype} providers ({', '.join(known) or 'none'})",
+                field=f"config.{key}",
+            )
+
+
 async def rotate_credential_provider(request: web.Request) -> web.Response:
     """Replace every secret field of the provider with the given ones."""
     current = await fetch(request, KIND, "credential provider")
     ptype = current["type"]
     names = secret_fields(ptype)
     given = request[BODY]["config"]
-    for key in given:
-        if key not in names:
-            raise InvalidRequest(
-                f"config.{key} is not a secret field of {ptype} (secret: {', '.join(names)})",
-                field=f"config.{key}",
-            )
     if not given:
         raise InvalidRequest("config must hold at least one secret field", field="config")
+    _same_type(ptype, given, names)
     secret = CONFIG_SCHEMAS[ptype].partial().check(given, "config")
-    _check_static(ptype, current["config"], secret)
+    try:
+        _check_static(ptype, current["config"], secret)
+    except InvalidRequest as exc:  # the stored username decides: a conflict with the record
+        raise Conflict(exc.message, field=exc.field) from None
     sealed = seal_secret(request.app[ENVELOPE], current["id"], secret)
     now = now_ts(request)
     audit = change_audit(
@@ -225,9 +283,10 @@ ROUTES = [
             singular="credential_provider",
             create=PROVIDER_IN,
             patch=PROVIDER_PATCH,
-        update_type=lambda body: (
-            "credential_provider.rotated" if _destination_fields(body.get("config") or {}) else None
-        ),
+            create_schema=_create_schema(),
+            update_type=lambda body: (
+                "credential_provider.rotated" if _destination_fields(body.get("config") or {}) else None
+            ),
             read=PROVIDERS_READ,
             write=PROVIDERS_WRITE,
             view=_view,

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes
 from controlplane.appkeys import STORE
-from controlplane.errors import InvalidRequest
+from controlplane.errors import NotFound
 from controlplane.permissions import POLICIES_READ, POLICIES_WRITE
 from controlplane.validation import Int, Obj, Str
 
@@ -45,7 +45,7 @@ async def _prepare(
     for field, kind in _REFERENCES:
         value = body.get(field)
         if value is not None and await registry.get(kind, value) is None:
-            raise InvalidRequest(f"{field} {value} does not exist", field=field)
+            raise NotFound(f"{field} {value} does not exist", field=field)
     out = dict(body)
     if current is None:
         out.setdefault("workload_id", None)

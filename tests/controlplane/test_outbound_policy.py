@@ -110,7 +110,7 @@ async def test_a_literal_loopback_url_is_refused_before_any_connection() -> None
 )
 async def test_a_cluster_on_a_literal_private_address_is_refused_at_registration(admin, body, field) -> None:
     resp = await admin.post("/v1/clusters", json={"name": "c", **body})
-    assert resp.status_code == 400, resp.text
+    assert resp.status_code == 403, resp.text
     assert resp.json()["error"] == "outbound_address_refused" and resp.json()["field"] == field
     events = (await admin.get("/v1/audit", params={"type": "outbound.refused"})).json()["events"]
     assert events and events[0]["reason"] == "outbound_address_refused"
@@ -124,7 +124,7 @@ async def test_an_oauth2_token_url_on_a_literal_private_address_is_refused(admin
         "config": {"token_url": "http://10.0.0.5/token", "client_id": "c", "client_secret": "s"},
     }
     resp = await admin.post("/v1/credential-providers", json=body)
-    assert resp.status_code == 400 and resp.json()["error"] == "outbound_address_refused"
+    assert resp.status_code == 403 and resp.json()["error"] == "outbound_address_refused"
     ok = await admin.post(
         "/v1/credential-providers",
         json={**body, "config": {**body["config"], "token_url": "https://auth.example/token"}},
@@ -134,7 +134,7 @@ async def test_an_oauth2_token_url_on_a_literal_private_address_is_refused(admin
         f"/v1/credential-providers/{ok.json()['id']}",
         json={"config": {"token_url": "http://192.168.0.1/t", "client_secret": "s"}},
     )
-    assert patch.status_code == 400 and patch.json()["error"] == "outbound_address_refused"
+    assert patch.status_code == 403 and patch.json()["error"] == "outbound_address_refused"
 
 
 async def test_an_internal_token_endpoint_never_reaches_the_workload(tmp_path) -> None:

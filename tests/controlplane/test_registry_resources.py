@@ -58,7 +58,8 @@ async def test_policy_references_must_exist_and_scope_is_unique(admin):
     missing = await admin.post(
         "/v1/policies", json={"workload_id": "wl_nope", "provider_id": pr["id"], "effect": "allow"}
     )
-    assert missing.status_code == 400 and missing.json()["field"] == "workload_id"
+    # A schema-valid body naming an id that does not exist: 404 (the OpenAPI schema cannot know ids).
+    assert missing.status_code == 404 and missing.json()["field"] == "workload_id"
     body = {"workload_id": wl["id"], "target_id": tg["id"], "provider_id": pr["id"], "effect": "allow"}
     created = await admin.post("/v1/policies", json=body)
     assert created.status_code == 201
