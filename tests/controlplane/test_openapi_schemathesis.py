@@ -31,7 +31,8 @@ UNLIMITED = {
 }
 
 
-def _schemathesis(url: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(url: str, key: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One bounded run; its cache (`.schemathesis/`) goes to `cwd`, never into the repository."""
     command = [
         str(SCHEMATHESIS),
         "run",
@@ -54,7 +55,7 @@ def _schemathesis(url: str, key: str, *args: str) -> subprocess.CompletedProcess
         "PYTHONPATH": str(ROOT),
         "NO_COLOR": "1",
     }
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=170)
 
 
 @pytest.mark.slow
@@ -62,9 +63,15 @@ def test_schemathesis_finds_no_server_error_and_no_valid_request_rejected(tmp_pa
     assert SCHEMATHESIS.exists(), "pip install -e '.[test]' installs schemathesis"
     with control_plane_process(tmp_path / "cp.db", env=UNLIMITED) as cp:
         runs = [
-            _schemathesis(cp.url, cp.owner_key, "--exclude-path-regex", COVERAGE_CRASH),
+            _schemathesis(cp.url, cp.owner_key, tmp_path, "--exclude-path-regex", COVERAGE_CRASH),
             _schemathesis(
-                cp.url, cp.owner_key, "--include-path-regex", COVERAGE_CRASH, "--phases", "examples,fuzzing"
+                cp.url,
+                cp.owner_key,
+                tmp_path,
+                "--include-path-regex",
+                COVERAGE_CRASH,
+                "--phases",
+                "examples,fuzzing",
             ),
         ]
     for run in runs:
