@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from devkit.certs import DevCA
-from devkit.controlplane_server import control_plane_process
+from devkit.controlplane_server import LOOPBACK_ENV, control_plane_process
 from devkit.demo import Admin, process, wait_ready
 from devkit.issuer import ClusterIssuer
 from devkit.registry_bodies import service_account_workload
@@ -238,7 +238,7 @@ def main() -> int:
         )
 
         issuer = stack.enter_context(ClusterIssuer.in_thread())
-        cp = stack.enter_context(control_plane_process(root / "cp.db"))
+        cp = stack.enter_context(control_plane_process(root / "cp.db", env=LOOPBACK_ENV))  # loopback issuer
         admin = Admin(cp.url, cp.owner_key)
         admin("POST", "/v1/clusters", {"name": "bench", "issuer": issuer.issuer})
         wl = admin(

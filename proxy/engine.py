@@ -123,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self.ready = False  # credential injected (or none needed): the request may go
         self.sent = False  # an upstream connection was taken or is being dialled for it
         self._keep_client = False
+        self._head_out = b""  # a response head not yet written
 
     # app side
 
@@ -432,11 +433,14 @@ class ClientConnection(asyncio.Protocol):
         self.phase = _BODY
         keep = req.keep_alive and not self.closing and resp.body != Body.CLOSE and self.body is not None
         close = "" if keep else "Connection: close\r\n"
-        self.transport.write(serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close))  # type: ignore[union-attr]
+        # written with the first body bytes (or alone, if none are at hand): one send per response
+        self._head_out = serialize_head(f"HTTP/1.1 {resp.status} {resp.reason}", resp.headers, close)
         self._keep_client = keep
         return True
 
     def response_body(self, data: bytes, done: bool) -> None:
+        if self._head_out:
+            data, self._head_out = self._head_out + data, b""
         if data:
             self.transport.write(data)  # type: ignore[union-attr]
         if done:

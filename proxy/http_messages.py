@@ -46,7 +46,6 @@ HOP_BY_HOP = frozenset(
 _FRAMING = frozenset(
     {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
 )
-_SPECIAL = _FRAMING | HOP_BY_HOP
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
 _FIELD_BYTES = FIELD_CHARS + b"\r\n"
 _TCHARS_TEXT = TCHARS.decode("ascii")
@@ -124,28 +123,27 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
     codings: list[str] | None = None
     length: str | None = None
     kept = headers
-    if not _SPECIAL.isdisjoint(names):
-        kept = []
-        for lname, header in zip(names, headers, strict=True):
-            value = header[1]
-            if lname in _FRAMING:
-                if lname == "connection" or lname == "proxy-connection":
-                    conn_tokens.update(t.strip().lower() for t in value.split(","))
-                elif lname == "content-length":
-                    if length is not None:
-                        raise error("more than one Content-Length")
-                    length = value
-                elif lname == "transfer-encoding":
-                    codings = (codings or []) + [t.strip().lower() for t in value.split(",")]
-                elif lname == "upgrade":
-                    msg.upgrade = value
-                elif lname == "expect" and isinstance(msg, Request):
-                    msg.expect_continue = value.lower() == "100-continue"
-            if lname not in HOP_BY_HOP:
-                kept.append(header)
-        named = conn_tokens - _CONNECTION_OPTIONS - _NEVER_NOMINATED
-        if named:  # Connection names other fields: they are hop-by-hop too
-            kept = [h for h in kept if h[0].lower() not in named]
+    if not _FRAMING.isdisjoint(names):
+        for i, lname in enumerate(names):
+            if lname not in _FRAMING:
+                continue
+            value = headers[i][1]
+            if lname == "connection" or lname == "proxy-connection":
+                conn_tokens.update([t.strip().lower() for t in value.split(",")])
+            elif lname == "content-length":
+                if length is not None:
+                    raise error("more than one Content-Length")
+                length = value
+            elif lname == "transfer-encoding":
+                codings = (codings or []) + [t.strip().lower() for t in value.split(",")]
+            elif lname == "upgrade":
+                msg.upgrade = value
+            elif lname == "expect" and isinstance(msg, Request):
+                msg.expect_continue = value.lower() == "100-continue"
+    named = conn_tokens - _CONNECTION_OPTIONS - _NEVER_NOMINATED  # Connection names more hop-by-hop fields
+    if named or not HOP_BY_HOP.isdisjoint(names):
+        drop = HOP_BY_HOP | named
+        kept = [header for lname, header in zip(names, headers, strict=True) if lname not in drop]
     msg.headers = kept
     if "upgrade" not in conn_tokens:
         msg.upgrade = ""

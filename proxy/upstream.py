@@ -113,7 +113,10 @@ class UpstreamConnection(PooledProtocol):
                 self.keep = False
             sink.response_body(b"", True)
             return None
-        return rest or None
+        if not rest:
+            sink.response_body(b"", False)  # the head alone: the body follows in later reads
+            return None
+        return rest
 
     def eof_received(self) -> bool:
         body, sink = self._body, self.sink
