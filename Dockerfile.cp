@@ -15,6 +15,7 @@ COPY requirements/lock.txt requirements/lock.txt
 RUN pip wheel --require-hashes --no-deps --wheel-dir /wheels -r requirements/lock.txt
 COPY pyproject.toml README.md ./
 COPY controlplane/ controlplane/
+COPY sesame_sigv4/ sesame_sigv4/
 RUN pip wheel --no-deps --wheel-dir /wheels "."
 
 # --- runtime: install the wheels only, run as an unprivileged user

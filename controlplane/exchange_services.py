@@ -25,6 +25,7 @@ from controlplane.attest import (
 )
 from controlplane.denials import DENIALS
 from controlplane.providers import (
+    AwsStsProvider,
     OAuth2ClientCredentialsProvider,
     ProviderGuard,
     SignedJwtProvider,
@@ -81,6 +82,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         lookup=KubePodLookup(kube=kube, timeout_seconds=settings.tokenreview.timeout_seconds), clock=clock
     )
     oauth2 = OAuth2ClientCredentialsProvider(clock=clock, policy=config.outbound)
+    aws = AwsStsProvider(keys=keys, issuer_url=config.issuer_url, clock=clock, policy=config.outbound)
     registry = RegistryCache(
         store, envelope=app[ENVELOPE], clock=clock, ttl_seconds=settings.registry_cache_seconds
     )
@@ -108,6 +110,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,
             "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=config.issuer_url, clock=clock),
+            "aws-sts": aws,
         },
         audit=app[AUDIT],
         denials=app[DENIALS],
@@ -133,3 +136,4 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await tokenreview.close()
         await kube.close()
         await oauth2.close()
+        await aws.close()

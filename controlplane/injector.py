@@ -30,6 +30,7 @@ from controlplane.injector_spec import (
     VOLUME_NAMES,
     InjectorSettings,
     Resources,
+    aws_placeholder_env,
     init_container,
     invalid_cidrs,
     proxy_container,
@@ -321,6 +322,7 @@ def _container_env(
     proxy property keeps its own proxy for everything, and sesame adds no proxy setting to it.
     """
     env = trust_env(settings)
+    env.update(aws_placeholder_env(_list(container, "env")))
     own = _own_proxy(container) if explicit else []
     if own:
         warnings.append(

@@ -285,6 +285,32 @@ def init_container(
     }
 
 
+# Placeholder AWS keys for app containers: unmodified AWS SDKs then sign their requests, and the
+# proxy replaces that signature with one made from the workload's session credentials (aws-sigv4
+# targets). They open nothing. Added only to a container that names no AWS credentials of its own
+# (keys, a profile, IRSA's web identity, a container credentials endpoint), which keep precedence.
+AWS_PLACEHOLDERS = {
+    "AWS_ACCESS_KEY_ID": "SESAME-PLACEHOLDER-KEY-ID",
+    "AWS_SECRET_ACCESS_KEY": "sesame-placeholder-the-proxy-signs-governed-requests",
+}
+AWS_OWN_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def aws_placeholder_env(container_env: list[dict[str, Any]]) -> dict[str, str]:
+    """The placeholder AWS keys, unless the container has AWS credentials of its own."""
+    if any(isinstance(e, dict) and e.get("name") in AWS_OWN_CREDENTIALS for e in container_env):
+        return {}
+    return dict(AWS_PLACEHOLDERS)
+
+
 def proxy_env(settings: InjectorSettings, *, mode: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "SESAME_CONTROL_PLANE", "value": settings.control_plane_url},

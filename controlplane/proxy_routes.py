@@ -40,6 +40,11 @@ def route_view(
             "type": injection.get("type", "bearer"),
             "name": injection.get("name"),
             "prefix": injection.get("prefix"),
+            **(
+                {"region": injection.get("region"), "service": injection.get("service")}
+                if injection.get("type") == "aws-sigv4"
+                else {}
+            ),
         },
         "effect": effect,
         "approval": approval,

@@ -46,7 +46,7 @@ CA_CHECK_INTERVAL = 10.0
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _DENIALS = {"policy_denied", "workload_revoked", "unknown_workload", "unknown_target"}
-_PROVIDER_FAILURES = {"provider_timeout": 504, "provider_unavailable": 503}
+_PROVIDER_FAILURES = {"provider_timeout": 504, "provider_unavailable": 503, "provider_denied": 403}
 
 
 class ReloadingTrust:
@@ -152,6 +152,8 @@ class ControlPlaneClient:
             raise Denied(code, str(body.get("message") or code))
         if code in _PROVIDER_FAILURES:
             message = f"the target's credential provider failed: {code}"
+            if code == "provider_denied":  # the control plane's own words (never the upstream's body)
+                message = f"the target's credential provider refused: {str(body.get('message'))[:300]}"
             raise ProviderFailed(code, _PROVIDER_FAILURES[code], message)
         raise CredentialUnavailable(f"token exchange failed: {_describe(status, body)}")
 

@@ -352,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
         """Credential at hand (or none needed): inject and send once a small body is whole."""
         plan, req = self.plan, self.req
         assert plan is not None and req is not None
-        if plan.route is not None:
+        if plan.route is not None and not plan.signs_body:
             try:
                 plan.apply(req, self.cred.token)  # type: ignore[union-attr]
             except ProxyError as exc:
@@ -363,8 +363,14 @@ class ClientConnection(asyncio.Protocol):
             self._send()
 
     def _send(self) -> None:
-        plan = self.plan
-        assert plan is not None
+        plan, body = self.plan, self.body
+        assert plan is not None and body is not None
+        if plan.signs_body:  # a signature over the body: made now, with the body when it is whole
+            try:
+                plan.apply(self.req, self.cred.token, bytes(self.held) if body.done else None)  # type: ignore[union-attr, arg-type]
+            except ProxyError as exc:
+                self._fail(exc)
+                return
         self.phase, self.sent = _WAIT, True
         up = None if self.retried_closed else self.e.pool.take(plan.dest.key)
         if up is not None:

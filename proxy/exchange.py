@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.errors import BadRequest, MisdirectedRequest
 from proxy.http_messages import Request, split_authority
@@ -18,6 +19,9 @@ from proxy.inject import Injector, compile_injector
 from proxy.pool import Destination
 from proxy.routes import Route, RouteTable
 from proxy.tls import UpstreamTLS
+
+if TYPE_CHECKING:
+    from proxy.sigv4 import Signer
 
 __all__ = ["UNGOVERNED", "Exchanges", "Intercepted", "Origin", "Plan", "Redirected"]
 
@@ -51,22 +55,33 @@ class _RouteSteps:
 
     dest: Destination
     host_field: str
-    inject: Injector
+    inject: Injector | None
+    sign: Signer | None = None  # aws-sigv4 routes: the request is signed, not given a header
 
 
 class Plan:
     """One request's decision: the route (None: ungoverned), where to dial, and the target to send."""
 
-    __slots__ = ("dest", "host", "inject", "port", "route", "target")
+    __slots__ = ("dest", "host", "inject", "port", "route", "sign", "target")
 
     def __init__(self, route: Route | None, dest: Destination, host: str, port: int,
-                 inject: Injector | None) -> None:
+                 inject: Injector | None, sign: Signer | None = None) -> None:
         self.route, self.dest, self.host, self.port, self.inject = route, dest, host, port, inject
+        self.sign = sign
         self.target = route.name if route is not None else UNGOVERNED
 
-    def apply(self, req: Request, token: str) -> None:
-        """Write the credential into `req` (headers and, for query injection, the target). The token
+    @property
+    def signs_body(self) -> bool:
+        """The credential goes into a signature over the request (SigV4): `apply` waits for `body`."""
+        return self.sign is not None
+
+    def apply(self, req: Request, token: str, body: bytes | None = None) -> None:
+        """Write the credential into `req` (headers and, for query injection, the target; for
+        aws-sigv4 a fresh signature over the request and `body`, None while it streams). The token
         was checked for control characters when it entered the cache (proxy/credentials.py)."""
+        if self.sign is not None:
+            self.sign(req, token, body)
+            return
         req.target = self.inject(req.headers, req.target, token)  # type: ignore[misc]
 
 
@@ -91,8 +106,15 @@ class Exchanges:
             dest = Destination(route.host, route.port)
         default = 443 if route.upstream_tls else 80
         host = f"[{route.host}]" if ":" in route.host else route.host
-        steps = _RouteSteps(dest, host if route.port == default else f"{host}:{route.port}",
-                            compile_injector(route.injection))
+        host_field = host if route.port == default else f"{host}:{route.port}"
+        injection = route.injection
+        if injection.type == "aws-sigv4":  # loaded only in pods with an AWS route
+            from proxy.sigv4 import compile_signer
+
+            signer = compile_signer(route.host, region=injection.region, service=injection.service)
+            steps = _RouteSteps(dest, host_field, None, signer)
+        else:
+            steps = _RouteSteps(dest, host_field, compile_injector(injection))
         self._steps[id(route)] = (route, steps)
         return steps
 
@@ -123,7 +145,7 @@ class Exchanges:
     def _governed(self, req: Request, route: Route, host: str, port: int) -> Plan:
         steps = self.steps(route)
         _set_host(req, steps.host_field)
-        return Plan(route, steps.dest, host, port, steps.inject)
+        return Plan(route, steps.dest, host, port, steps.inject, steps.sign)
 
     def _intercepted(self, req: Request, origin: Intercepted) -> Plan:
         route = origin.route

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +19,7 @@ DEFAULT_REFRESH_SECONDS = 30
 _MIN_REFRESH, _MAX_REFRESH = 1, 3600
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0  # after a failed poll: 1 s, 2 s, 4 s … up to 30 s
 log = logging.getLogger("sesame.proxy.routes")
+_SCOPE_PART = re.compile(r"[a-z0-9-]{1,63}")
 
 # How a route is reached: "http" for plaintext requests (absolute-form or Host header),
 # "tls" for CONNECT / transparent TLS (SNI) that the proxy intercepts.
@@ -26,9 +28,11 @@ Kind = Literal["http", "tls"]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Injection:
-    type: Literal["bearer", "basic", "header", "query"]
+    type: Literal["bearer", "basic", "header", "query", "aws-sigv4"]
     name: str | None = None
     prefix: str | None = None
+    region: str | None = None  # aws-sigv4: the signing scope, when the target fixes it
+    service: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,13 +54,17 @@ class Route:
     @classmethod
     def from_json(cls, raw: dict) -> Route:
         inj = raw.get("injection") or {}
-        injection = Injection(type=inj["type"], name=inj.get("name"), prefix=inj.get("prefix"))
+        injection = Injection(type=inj["type"], name=inj.get("name"), prefix=inj.get("prefix"),
+                              region=inj.get("region") or None, service=inj.get("service") or None)
         if injection.type in ("header", "query") and not injection.name:
             raise ValueError(f"injection {injection.type} needs a name")
-        if injection.type not in ("bearer", "basic", "header", "query"):
+        if injection.type not in ("bearer", "basic", "header", "query", "aws-sigv4"):
             raise ValueError(f"unknown injection type {injection.type!r}")
         if injection.name and TOKEN.fullmatch(injection.name.encode("latin-1", "replace")) is None:
             raise ValueError("injection name is not an HTTP field name (RFC 9110 token)")
+        for scope_part in (injection.region, injection.service):
+            if scope_part is not None and _SCOPE_PART.fullmatch(scope_part) is None:
+                raise ValueError("aws-sigv4 region and service are lowercase letters, digits and '-'")
         if injection.prefix and has_ctl(injection.prefix):
             raise ValueError("injection prefix holds a control character")
         scheme = raw.get("scheme", "https")

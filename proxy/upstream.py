@@ -73,6 +73,8 @@ class UpstreamConnection(PooledProtocol):
                     data = self._head(sink, data)
                     if data is None:
                         return
+                    if self._body is None:  # after an interim (1xx) head: the next head follows
+                        continue
                 body = self._body
                 assert body is not None
                 n = body.feed(data)

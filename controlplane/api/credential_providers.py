@@ -29,6 +29,7 @@ from controlplane.validation import URL_PATTERN, Dict, Int, List, Obj, Str
 __all__ = ["CONFIG_SCHEMAS", "ROUTES", "secret_fields"]
 
 KIND = "credential_providers"
+ROLE_ARN = r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}"
 
 # Per provider type; fields marked secret=True are sealed (match controlplane.providers.SECRET_FIELDS).
 CONFIG_SCHEMAS: dict[str, Obj] = {
@@ -59,6 +60,29 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
             "ttl_seconds": Int(required=False, min=1, max=86_400),
         }
     ),
+    "aws-sts": Obj(
+        {
+            "role_arn": Str(max_len=2048, pattern=ROLE_ARN, description="the IAM role the workload assumes"),
+            "mode": Str(
+                choices=("web-identity", "assume-role"),
+                default="web-identity",
+                description="web-identity: AssumeRoleWithWebIdentity with a Sesame-signed token (no "
+                "AWS secret); assume-role: AssumeRole with base credentials",
+            ),
+            "sts_endpoint": Str(
+                max_len=2048, pattern=URL_PATTERN, default="https://sts.amazonaws.com",
+                description="e.g. https://sts.eu-west-1.amazonaws.com",
+            ),
+            "region": Str(required=False, max_len=32, pattern=r"[a-z0-9-]+",
+                          description="signing region for AssumeRole (default: the endpoint's)"),
+            "audience": Str(required=False, max_len=256, default="sts.amazonaws.com",
+                            description="aud of the web identity token"),
+            "duration_seconds": Int(required=False, min=900, max=43_200, default=900),
+            "ca_pem": Str(required=False, max_len=65536),
+            "access_key_id": Str(required=False, max_len=128, secret=True, description="assume-role"),
+            "secret_access_key": Str(required=False, max_len=256, secret=True, description="assume-role"),
+        }
+    ),
 }
 PROVIDER_TYPES = tuple(CONFIG_SCHEMAS)
 
@@ -84,6 +108,9 @@ def _create_schema() -> dict[str, Any]:
         config = schema.json_schema()
         if ptype == "static":  # _check_static
             config["anyOf"] = [{"required": ["value"]}, {"required": ["username", "password"]}]
+        if ptype == "aws-sts":  # _check_static: assume-role signs with base credentials
+            config["if"] = {"properties": {"mode": {"const": "assume-role"}}, "required": ["mode"]}
+            config["then"] = {"required": ["access_key_id", "secret_access_key"]}
         needs_config = ptype == "static" or "required" in config
         variants.append(
             {
@@ -149,6 +176,11 @@ def _split(provider_type: str, config: dict[str, Any]) -> tuple[dict[str, Any], 
 
 
 def _check_static(provider_type: str, public: dict[str, Any], secret: dict[str, Any]) -> None:
+    """Secrets a provider cannot work without (static; aws-sts in assume-role mode)."""
+    if provider_type == "aws-sts" and public.get("mode") == "assume-role":
+        for name in ("access_key_id", "secret_access_key"):
+            if name not in secret:
+                raise InvalidRequest(f"assume-role needs config.{name}", field=f"config.{name}")
     if provider_type != "static":
         return
     if "value" not in secret and not ("username" in public and "password" in secret):
@@ -182,6 +214,8 @@ def _destination_fields(config: dict[str, Any], ptype: str | None = None) -> lis
 async def _check_destinations(request: web.Request, ptype: str, config: dict[str, Any]) -> None:
     if "token_url" in config and ptype == "oauth2-client-credentials":
         await refuse_private_literal(request, config["token_url"], "config.token_url")
+    if "sts_endpoint" in config and ptype == "aws-sts":
+        await refuse_private_literal(request, config["sts_endpoint"], "config.sts_endpoint")
 
 
 async def _prepare(

@@ -15,6 +15,7 @@ __all__ = ["ROUTES", "TARGET_IN"]
 
 HOSTNAME = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 token
+AWS_SCOPE_PART = r"[a-z0-9-]+"
 FIELD_TEXT = r"[ -~]*"  # printable ASCII: no CR, LF, NUL or other control character in a header
 
 INJECTION = Obj(
@@ -23,7 +24,10 @@ INJECTION = Obj(
         "then": {"required": ["name"], "properties": {"name": {"type": "string"}}},
     },
     fields={
-        "type": Str(choices=("bearer", "basic", "header", "query")),
+        "type": Str(
+            choices=("bearer", "basic", "header", "query", "aws-sigv4"),
+            description="aws-sigv4: the proxy re-signs the request with an aws-sts credential",
+        ),
         "name": Str(
             required=False,
             nullable=True,
@@ -39,6 +43,10 @@ INJECTION = Obj(
             pattern=FIELD_TEXT,
             description="e.g. 'Token '; printable ASCII only",
         ),
+        "region": Str(required=False, nullable=True, max_len=32, pattern=AWS_SCOPE_PART,
+                      description="aws-sigv4 signing region (default: the SDK's, else the host's)"),
+        "service": Str(required=False, nullable=True, max_len=63, pattern=AWS_SCOPE_PART,
+                       description="aws-sigv4 signing service, e.g. s3 (default: as region)"),
     },
 )
 TARGET_IN = Obj(

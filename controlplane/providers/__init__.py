@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from controlplane.providers.aws_sts import AwsStsProvider
 from controlplane.providers.base import (
     ACCESS_TOKEN_TYPE,
     DEFAULT_MAX_TTL_SECONDS,
@@ -10,6 +11,7 @@ from controlplane.providers.base import (
     IssuedCredential,
     MintRequest,
     ProviderAddressRefused,
+    ProviderDenied,
     ProviderTimeout,
     ProviderUnavailable,
     UpstreamMintFailed,
@@ -26,6 +28,7 @@ __all__ = [
     "JWT_TOKEN_TYPE",
     "PROVIDER_TYPES",
     "SECRET_FIELDS",
+    "AwsStsProvider",
     "CredentialProvider",
     "GuardSettings",
     "IssuedCredential",
@@ -33,6 +36,7 @@ __all__ = [
     "OAuth2ClientCredentialsProvider",
     "OAuth2Settings",
     "ProviderAddressRefused",
+    "ProviderDenied",
     "ProviderGuard",
     "ProviderTimeout",
     "ProviderUnavailable",
@@ -42,13 +46,14 @@ __all__ = [
     "subject_for",
 ]
 
-PROVIDER_TYPES = ("static", "oauth2-client-credentials", "signed-jwt")
+PROVIDER_TYPES = ("static", "oauth2-client-credentials", "signed-jwt", "aws-sts")
 
 # The config fields of each provider type that are secret: stored sealed, never returned.
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "static": ("value", "password"),
     "oauth2-client-credentials": ("client_secret",),
     "signed-jwt": (),
+    "aws-sts": ("access_key_id", "secret_access_key"),
 }
 
 # The config fields that decide where a provider's secret is sent: changing one needs the secret
@@ -57,4 +62,5 @@ DESTINATION_FIELDS: dict[str, tuple[str, ...]] = {
     "static": (),
     "oauth2-client-credentials": ("token_url", "ca_pem"),
     "signed-jwt": (),
+    "aws-sts": ("sts_endpoint", "ca_pem"),
 }

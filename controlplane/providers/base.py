@@ -19,6 +19,7 @@ __all__ = [
     "IssuedCredential",
     "MintRequest",
     "ProviderAddressRefused",
+    "ProviderDenied",
     "ProviderTimeout",
     "ProviderUnavailable",
     "UpstreamMintFailed",
@@ -53,6 +54,13 @@ class ProviderUnavailable(UpstreamMintFailed):
     """The provider's upstream is unreachable or failing (5xx), or its circuit breaker is open."""
 
     code, status = "provider_unavailable", 503
+
+
+class ProviderDenied(UpstreamMintFailed):
+    """The provider's upstream refused this workload (federation rejected: wrong audience, expired or
+    untrusted token, no permission): a policy matter on the provider's side, not an outage."""
+
+    code, status = "provider_denied", 403
 
 
 class ProviderAddressRefused(UpstreamMintFailed):

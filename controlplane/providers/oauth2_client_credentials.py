@@ -5,24 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
-import aiohttp
 from cachetools import TTLCache
 
 from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import AddressRefused, OutboundClient, OutboundPolicy
-from controlplane.providers.base import (
-    IssuedCredential,
-    MintRequest,
-    ProviderAddressRefused,
-    ProviderTimeout,
-    ProviderUnavailable,
-    UpstreamMintFailed,
-)
+from controlplane.outbound import OutboundClient, OutboundPolicy
+from controlplane.providers.base import IssuedCredential, MintRequest, UpstreamMintFailed
+from controlplane.providers.upstream import DEFAULT_MAX_RESPONSE_BYTES, upstream_request
 
 __all__ = [
     "DEFAULT_REFRESH_MARGIN_SECONDS",
@@ -33,7 +25,6 @@ __all__ = [
 
 DEFAULT_REFRESH_MARGIN_SECONDS = 60
 DEFAULT_TOKEN_ENDPOINT_TIMEOUT_SECONDS = 10.0
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,36 +130,21 @@ class OAuth2ClientCredentialsProvider:
         return token
 
     async def _post(self, url: str, form: dict[str, str], headers: dict[str, str], ca_pem: Any) -> dict:
-        ssl_ctx: ssl.SSLContext | bool = True
-        if isinstance(ca_pem, str) and ca_pem.strip():
-            ssl_ctx = ssl.create_default_context(cadata=ca_pem)
-        try:
-            status, raw = await self._http.request(
-                "POST",
-                url,
-                timeout_seconds=self._settings.timeout_seconds,
-                max_bytes=self._settings.max_response_bytes,
-                tls=ssl_ctx,
-                data=form,
-                headers=headers,
-            )
-        except AddressRefused:
-            raise ProviderAddressRefused(
-                "the token endpoint is on an address outbound fetches may not reach"
-            ) from None
-        except TimeoutError:
-            raise ProviderTimeout("the upstream token endpoint did not answer in time") from None
-        except (aiohttp.ClientError, ssl.SSLError) as exc:
-            # Never the exception text: it may quote the request.
-            raise ProviderUnavailable(
-                f"the upstream token endpoint is unreachable ({type(exc).__name__})"
-            ) from None
+        status, raw = await upstream_request(
+            self._http,
+            "POST",
+            url,
+            what="upstream token endpoint",
+            timeout_seconds=self._settings.timeout_seconds,
+            max_bytes=self._settings.max_response_bytes,
+            ca_pem=ca_pem,
+            data=form,
+            headers=headers,
+        )
         try:
             body = json.loads(raw) if len(raw) <= self._settings.max_response_bytes else None
         except ValueError:
             body = None
-        if status >= 500:  # nothing of the body: it is the endpoint's to say, not the caller's to read
-            raise ProviderUnavailable(f"the upstream token endpoint answered {status}")
         if status != 200:
             raise UpstreamMintFailed(f"the upstream token endpoint answered {status}")
         if not isinstance(body, dict):

@@ -96,7 +96,8 @@ def test_builders_take_every_dependency_from_the_hashed_lock_and_copy_only_their
     lock_at = builder.index(LOCK_STEP)
     assert "COPY requirements/lock.txt requirements/lock.txt" in builder[:lock_at]
     copied = {line.split()[0] for line in re.findall(r"^COPY (.+)$", builder, flags=re.MULTILINE)}
-    assert copied == {"requirements/lock.txt", "pyproject.toml", f"{PACKAGES[image]}/"}
+    # each image's own package, and the standard-library SigV4 signer both share
+    assert copied == {"requirements/lock.txt", "pyproject.toml", f"{PACKAGES[image]}/", "sesame_sigv4/"}
     assert builder.index(WHEEL_SPEC.search(builder).group(0)) > lock_at  # the project itself: --no-deps
 
 
@@ -137,9 +138,11 @@ def test_the_proxy_imports_only_the_base_dependencies_and_its_extra():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *project["optional-dependencies"]["proxy"]]
     names = {re.match(r"[A-Za-z0-9_-]+", d).group(0).lower() for d in declared}
-    assert _import_roots("proxy") <= {"proxy", *names, "certifi"}  # certifi: mitmproxy's dependency
+    # sesame_sigv4: the standard-library SigV4 signer both images ship (it imports nothing else)
+    assert _import_roots("proxy") <= {"proxy", *names, "certifi", "sesame_sigv4"}  # certifi: mitmproxy's
     assert "controlplane" not in _import_roots("proxy") and "kubernetes" not in names
     assert "proxy" not in _import_roots("controlplane")
+    assert _import_roots("sesame_sigv4") == set()
 
 
 @pytest.fixture(scope="module")

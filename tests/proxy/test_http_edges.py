@@ -117,6 +117,28 @@ async def test_expect_100_continue_is_relayed_before_the_body(cp, start_proxy, r
     assert body == b"got data"
 
 
+async def test_interim_and_final_response_in_one_read_are_both_relayed(cp, start_proxy, raw_servers):
+    """An upstream that answers 100 Continue and, at once, its final response (as moto's werkzeug
+    server may when it needs no body, or an upstream that sends both in one segment)."""
+
+    async def handler(reader, writer):
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"early"))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    up = await raw_servers(handler)
+    proxy = await start_proxy()
+    reader, writer = await proxy_conn(proxy)
+    writer.write(f"GET http://127.0.0.1:{up.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    interim, _ = await read_head(reader)
+    assert interim == "HTTP/1.1 100 Continue"
+    start, _, body = await read_message(reader)
+    writer.close()
+    assert start.startswith("HTTP/1.1 200")
+    assert body == b"early"
+
+
 @pytest.mark.parametrize(
     ("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)], ids=["head", "204", "304"]
 )
