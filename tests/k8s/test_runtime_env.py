@@ -148,3 +148,20 @@ def test_java_trust_store_holds_the_system_roots_and_the_pod_ca():
     assert entries[-1][0] == "sesame-pod-ca"
     assert len({alias.lower() for alias, _ in entries}) == len(entries)
     assert isinstance(entries[0][1], x509.Certificate)
+
+
+def test_placeholder_aws_keys_only_for_containers_without_aws_credentials_of_their_own():
+    """Unmodified AWS SDKs sign with the placeholders, the proxy re-signs (aws-sigv4 targets); a
+    container with its own AWS credentials (keys, profile, IRSA, container endpoint) keeps them."""
+    env = env_of(container(injected("node")[0], "storefront"))
+    assert env["AWS_ACCESS_KEY_ID"] == "SESAME-PLACEHOLDER-KEY-ID"
+    assert "placeholder" in env["AWS_SECRET_ACCESS_KEY"]
+    for own in ("AWS_ROLE_ARN", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        pod = corpus_pod("node")
+        [app] = [c for c in pod["spec"]["containers"] if c["name"] == "storefront"]
+        app.setdefault("env", []).append({"name": own, "value": "mine"})
+        doc = review_of(pod, namespace="apps")
+        response, _ = review(doc, SETTINGS, namespace_opted_in=False)
+        env = env_of(container(patched(doc, response), "storefront"))
+        assert "AWS_SECRET_ACCESS_KEY" not in env, own
+        assert env.get("AWS_ACCESS_KEY_ID") == ("mine" if own == "AWS_ACCESS_KEY_ID" else None), own
