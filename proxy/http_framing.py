@@ -28,12 +28,11 @@ def find_head(buf: bytes | bytearray, error: type[ProxyError], *, limit: int = M
     The limit holds on total bytes however they arrived; a bare LF ends nothing and is refused at
     once (it would otherwise hold the connection until the head limit)."""
     end = buf.find(b"\r\n\r\n", 0, limit + 4)
-    stop = end + 4 if end >= 0 else limit
-    start = _LEADING_EMPTY_LINES.match(buf, 0, stop).end()  # type: ignore[union-attr]
-    if buf.count(b"\n", start, stop) != buf.count(b"\r\n", start, stop):  # in place: no copy per read
-        raise error("bare LF in the message head")
     if end >= 0:
-        return end + 4
+        return end + 4  # a whole head: its parser refuses any bare CR or LF in it
+    start = _LEADING_EMPTY_LINES.match(buf, 0, limit).end()  # type: ignore[union-attr]
+    if buf.count(b"\n", start, limit) != buf.count(b"\r\n", start, limit):  # in place: no copy per read
+        raise error("bare LF in the message head")
     if len(buf) > limit:
         raise (HeadTooLarge if error.status == 400 else error)(f"message head larger than {limit} bytes")
     return None

@@ -49,6 +49,8 @@ _FRAMING = frozenset(
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
 _FIELD_BYTES = FIELD_CHARS + b"\r\n"
 _TCHARS_TEXT = TCHARS.decode("ascii")
+_NAMES: dict[str, str] = {}  # field names seen, validated → lower-cased
+_NAMES_LIMIT = 1024
 # Never dropped because Connection names them: the body is relayed in the framing these fields give,
 # so a request (or response) stripped of them would be framed differently by the next hop (smuggling).
 _NEVER_NOMINATED = frozenset({"content-length", "transfer-encoding", "host"})
@@ -78,33 +80,46 @@ class Response:
         self.body, self.length, self.keep_alive, self.upgrade = Body.NONE, 0, True, ""
 
 
-def _lines(raw: bytes, error: type[ProxyError]) -> list[bytes]:
-    """The head's lines (without the final blank line); a bare CR or LF anywhere is refused."""
+def _split(raw: bytes, error: type[ProxyError]) -> tuple[bytes, bytes]:
+    """(start line, field section without the final CRLF CRLF); a bare CR or LF anywhere is refused."""
     raw = raw.lstrip(b"\r\n")  # RFC 9112 §2.2: empty lines before the start line may be ignored
     crlf = raw.count(b"\r\n")
     if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
         raise error("bare CR or LF in the message head")
-    return raw[:-4].split(b"\r\n")
+    end = raw.find(b"\r\n")
+    return raw[:end], raw[end + 2 : -4]
 
 
-def _fields(lines: list[bytes], error: type[ProxyError]) -> tuple[list[str], list[tuple[str, str]]]:
+def _field_name(name: str) -> str | None:
+    """The lower-cased name when `name` is a token (RFC 9110 §5.1), else None; names repeat from one
+    message to the next, so the answer is remembered (a bounded table)."""
+    lower = _NAMES.get(name)
+    if lower is None and name and not name.strip(_TCHARS_TEXT):
+        if len(_NAMES) >= _NAMES_LIMIT:
+            _NAMES.clear()
+        lower = _NAMES[name] = name.lower()
+    return lower
+
+
+def _fields(block: bytes, error: type[ProxyError]) -> tuple[list[str], list[tuple[str, str]]]:
     """→ (lower-cased names, (name, value) as sent); obs-fold, bad names and CTLs are refused."""
-    if len(lines) > _MAX_FIELDS + 1:
-        raise error(f"more than {_MAX_FIELDS} header fields")
     names: list[str] = []
     headers: list[tuple[str, str]] = []
-    if len(lines) == 1:
+    if not block:
         return names, headers
-    block = b"\r\n".join(lines[1:])
     if block.translate(None, _FIELD_BYTES):  # a control character somewhere (CR/LF are separators)
-        bad = next(line for line in lines[1:] if line.translate(None, FIELD_CHARS))
+        bad = next(line for line in block.split(b"\r\n") if line.translate(None, FIELD_CHARS))
         raise error(f"control character in header field {bad[:40]!r}")
-    for line in block.decode("latin-1").split("\r\n"):
+    lines = block.decode("latin-1").split("\r\n")
+    if len(lines) > _MAX_FIELDS:
+        raise error(f"more than {_MAX_FIELDS} header fields")
+    for line in lines:
         name, colon, value = line.partition(":")
         # field-name = token: so no whitespace before the colon and no obs-fold
-        if not colon or not name or name.strip(_TCHARS_TEXT):
+        lower = _field_name(name) if colon else None
+        if lower is None:
             raise error(f"malformed header field {line[:40]!r}")
-        names.append(name.lower())
+        names.append(lower)
         headers.append((name, value.strip(" \t")))
     return names, headers
 
@@ -181,8 +196,7 @@ def parse_request_head(raw: bytes) -> Request:
     """A request head (ending in CRLF CRLF) → Request; BadRequest and kin on anything malformed."""
     if len(raw) > MAX_HEAD:
         raise HeadTooLarge(f"request head larger than {MAX_HEAD} bytes")
-    lines = _lines(raw, BadRequest)
-    line = lines[0]
+    line, block = _split(raw, BadRequest)
     if len(line) + 2 > MAX_REQUEST_LINE:  # with its CRLF, as nginx counts (414 from 8,191 bytes on)
         raise URITooLong(f"request line (with its CRLF) longer than {MAX_REQUEST_LINE} bytes")
     m = REQUEST_LINE.fullmatch(line)
@@ -191,7 +205,7 @@ def parse_request_head(raw: bytes) -> Request:
     if m.group(3) != b"1":
         raise VersionNotSupported(f"HTTP/{m.group(3).decode()}.{m.group(4).decode()} is not supported")
     version = "HTTP/1.0" if m.group(4) == b"0" else "HTTP/1.1"
-    names, headers = _fields(lines, BadRequest)
+    names, headers = _fields(block, BadRequest)
     req = Request(m.group(1).decode("ascii"), m.group(2).decode("ascii"), version, headers)
     _frame(req, names, headers, BadRequest)
     return req
@@ -201,12 +215,12 @@ def parse_response_head(raw: bytes, method: str) -> Response:
     """A response head → Response; UpstreamProtocolError (502) on anything malformed."""
     if len(raw) > MAX_HEAD:
         raise UpstreamProtocolError(f"response head larger than {MAX_HEAD} bytes")
-    lines = _lines(raw, UpstreamProtocolError)
-    m = STATUS_LINE.fullmatch(lines[0])
+    line, block = _split(raw, UpstreamProtocolError)
+    m = STATUS_LINE.fullmatch(line)
     if m is None or m.group(1) != b"1":
-        raise UpstreamProtocolError(f"malformed status line {lines[0][:60]!r}")
+        raise UpstreamProtocolError(f"malformed status line {line[:60]!r}")
     version = "HTTP/1.0" if m.group(2) == b"0" else "HTTP/1.1"
-    names, headers = _fields(lines, UpstreamProtocolError)
+    names, headers = _fields(block, UpstreamProtocolError)
     resp = Response(version, int(m.group(3)), (m.group(4) or b"").decode("latin-1"), headers)
     _frame(resp, names, headers, UpstreamProtocolError)
     if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
