@@ -26,6 +26,9 @@ from controlplane.attest import (
 from controlplane.denials import DENIALS
 from controlplane.providers import (
     AwsStsProvider,
+    AzureFederatedProvider,
+    GcpWorkloadIdentityProvider,
+    GitHubAppProvider,
     OAuth2ClientCredentialsProvider,
     ProviderGuard,
     SignedJwtProvider,
@@ -82,7 +85,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         lookup=KubePodLookup(kube=kube, timeout_seconds=settings.tokenreview.timeout_seconds), clock=clock
     )
     oauth2 = OAuth2ClientCredentialsProvider(clock=clock, policy=config.outbound)
-    aws = AwsStsProvider(keys=keys, issuer_url=config.issuer_url, clock=clock, policy=config.outbound)
+    federation = {"keys": keys, "issuer_url": config.issuer_url, "clock": clock, "policy": config.outbound}
+    fetching = {
+        "aws-sts": AwsStsProvider(**federation),
+        "gcp-workload-identity": GcpWorkloadIdentityProvider(**federation),
+        "azure-federated": AzureFederatedProvider(**federation),
+        "github-app": GitHubAppProvider(clock=clock, policy=config.outbound),
+    }
     registry = RegistryCache(
         store, envelope=app[ENVELOPE], clock=clock, ttl_seconds=settings.registry_cache_seconds
     )
@@ -110,7 +119,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             "static": StaticProvider(),
             "oauth2-client-credentials": oauth2,
             "signed-jwt": SignedJwtProvider(keys=keys, issuer_url=config.issuer_url, clock=clock),
-            "aws-sts": aws,
+            **fetching,
         },
         audit=app[AUDIT],
         denials=app[DENIALS],
@@ -136,4 +145,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await tokenreview.close()
         await kube.close()
         await oauth2.close()
-        await aws.close()
+        for provider in fetching.values():
+            await provider.close()

@@ -30,6 +30,9 @@ __all__ = ["CONFIG_SCHEMAS", "ROUTES", "secret_fields"]
 
 KIND = "credential_providers"
 ROLE_ARN = r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}"
+GCP_PROVIDER = (
+    r"//iam\.googleapis\.com/projects/[0-9]+/locations/global/workloadIdentityPools/[^/\s]+/providers/[^/\s]+"
+)
 
 # Per provider type; fields marked secret=True are sealed (match controlplane.providers.SECRET_FIELDS).
 CONFIG_SCHEMAS: dict[str, Obj] = {
@@ -81,6 +84,45 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
             "ca_pem": Str(required=False, max_len=65536),
             "access_key_id": Str(required=False, max_len=128, secret=True, description="assume-role"),
             "secret_access_key": Str(required=False, max_len=256, secret=True, description="assume-role"),
+        }
+    ),
+    "gcp-workload-identity": Obj(
+        {
+            "audience": Str(max_len=512, pattern=GCP_PROVIDER,
+                            description="//iam.googleapis.com/projects/N/locations/global/"
+                            "workloadIdentityPools/POOL/providers/PROVIDER"),
+            "token_audience": Str(required=False, max_len=512, description="aud of Sesame's subject token "
+                                  "(default: https: + audience)"),
+            "service_account": Str(required=False, max_len=320, pattern=r"[^\s/@]+@[^\s/@]+",
+                                   description="impersonated with generateAccessToken"),
+            "scopes": List(item=Str(max_len=256), required=False, max_items=50),
+            "lifetime_seconds": Int(required=False, min=300, max=43_200, default=3600),
+            "sts_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://sts.googleapis.com/v1/token"),
+            "iam_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://iamcredentials.googleapis.com"),
+            "ca_pem": Str(required=False, max_len=65536),
+        }
+    ),
+    "azure-federated": Obj(
+        {
+            "tenant_id": Str(max_len=128, pattern=r"[A-Za-z0-9.-]+"),
+            "client_id": Str(max_len=128),
+            "scope": Str(max_len=512, description="e.g. https://storage.azure.com/.default"),
+            "authority_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://login.microsoftonline.com"),
+            "audience": Str(required=False, max_len=256, default="api://AzureADTokenExchange"),
+            "ca_pem": Str(required=False, max_len=65536),
+        }
+    ),
+    "github-app": Obj(
+        {
+            "app_id": Str(max_len=64, pattern=r"[A-Za-z0-9.]+", description="app ID or client ID"),
+            "installation_id": Int(min=1, max=2**53),
+            "api_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://api.github.com"),
+            "repositories": List(item=Str(max_len=100, pattern=r"[A-Za-z0-9._-]+"), required=False,
+                                 max_items=500),
+            "permissions": Dict(required=False, max_bytes=4096,
+                                description="e.g. {\"contents\": \"read\"}"),
+            "private_key": Str(max_len=16384, secret=True, description="the app's private key (PEM)"),
+            "ca_pem": Str(required=False, max_len=65536),
         }
     ),
 }
@@ -214,8 +256,9 @@ def _destination_fields(config: dict[str, Any], ptype: str | None = None) -> lis
 async def _check_destinations(request: web.Request, ptype: str, config: dict[str, Any]) -> None:
     if "token_url" in config and ptype == "oauth2-client-credentials":
         await refuse_private_literal(request, config["token_url"], "config.token_url")
-    if "sts_endpoint" in config and ptype == "aws-sts":
-        await refuse_private_literal(request, config["sts_endpoint"], "config.sts_endpoint")
+    for name in ("sts_endpoint", "sts_url", "iam_url", "authority_url", "api_url"):
+        if name in config and name in DESTINATION_FIELDS.get(ptype, ()):
+            await refuse_private_literal(request, config[name], f"config.{name}")
 
 
 async def _prepare(

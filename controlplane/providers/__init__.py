@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from controlplane.providers.aws_sts import AwsStsProvider
+from controlplane.providers.azure_federated import AzureFederatedProvider
 from controlplane.providers.base import (
     ACCESS_TOKEN_TYPE,
     DEFAULT_MAX_TTL_SECONDS,
@@ -16,6 +17,8 @@ from controlplane.providers.base import (
     ProviderUnavailable,
     UpstreamMintFailed,
 )
+from controlplane.providers.gcp_workload_identity import GcpWorkloadIdentityProvider
+from controlplane.providers.github_app import GitHubAppProvider
 from controlplane.providers.guard import GuardSettings, ProviderGuard
 from controlplane.providers.oauth2_client_credentials import OAuth2ClientCredentialsProvider, OAuth2Settings
 from controlplane.providers.signed_jwt import SignedJwtProvider, subject_for
@@ -29,7 +32,10 @@ __all__ = [
     "PROVIDER_TYPES",
     "SECRET_FIELDS",
     "AwsStsProvider",
+    "AzureFederatedProvider",
     "CredentialProvider",
+    "GcpWorkloadIdentityProvider",
+    "GitHubAppProvider",
     "GuardSettings",
     "IssuedCredential",
     "MintRequest",
@@ -46,7 +52,15 @@ __all__ = [
     "subject_for",
 ]
 
-PROVIDER_TYPES = ("static", "oauth2-client-credentials", "signed-jwt", "aws-sts")
+PROVIDER_TYPES = (
+    "static",
+    "oauth2-client-credentials",
+    "signed-jwt",
+    "aws-sts",
+    "gcp-workload-identity",
+    "azure-federated",
+    "github-app",
+)
 
 # The config fields of each provider type that are secret: stored sealed, never returned.
 SECRET_FIELDS: dict[str, tuple[str, ...]] = {
@@ -54,6 +68,9 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "oauth2-client-credentials": ("client_secret",),
     "signed-jwt": (),
     "aws-sts": ("access_key_id", "secret_access_key"),
+    "gcp-workload-identity": (),
+    "azure-federated": (),
+    "github-app": ("private_key",),
 }
 
 # The config fields that decide where a provider's secret is sent: changing one needs the secret
@@ -63,4 +80,7 @@ DESTINATION_FIELDS: dict[str, tuple[str, ...]] = {
     "oauth2-client-credentials": ("token_url", "ca_pem"),
     "signed-jwt": (),
     "aws-sts": ("sts_endpoint", "ca_pem"),
+    "gcp-workload-identity": ("sts_url", "iam_url", "ca_pem"),
+    "azure-federated": ("authority_url", "tenant_id", "ca_pem"),
+    "github-app": ("api_url", "installation_id", "ca_pem"),
 }

@@ -20,21 +20,22 @@ import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import urlencode, urlsplit
-
-from cachetools import TTLCache
 
 from controlplane.attest.identity import Identity
 from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import OutboundClient, OutboundPolicy
+from controlplane.outbound import OutboundPolicy
 from controlplane.providers.base import (
-    IssuedCredential,
     MintRequest,
     ProviderDenied,
     ProviderUnavailable,
     UpstreamMintFailed,
+)
+from controlplane.providers.cached import (
+    UPSTREAM_TIMEOUT_SECONDS,
+    CachedTokenProvider,
+    UpstreamToken,
+    parse_rfc3339,
 )
 from controlplane.providers.signed_jwt import sign_workload_jwt
 from controlplane.providers.upstream import upstream_request
@@ -46,8 +47,6 @@ __all__ = ["DEFAULT_STS_ENDPOINT", "AwsStsProvider"]
 DEFAULT_STS_ENDPOINT = "https://sts.amazonaws.com"
 DEFAULT_AUDIENCE = "sts.amazonaws.com"
 MIN_DURATION_SECONDS = 900  # STS's floor for DurationSeconds
-REFRESH_MARGIN_SECONDS = 60
-_TIMEOUT_SECONDS = 10.0
 _WEB_IDENTITY_TOKEN_TTL = 300
 _NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 # STS error codes that are the caller's (or the trust's) fault: the federation was refused.
@@ -59,12 +58,6 @@ _DENIED = {
 _UNAVAILABLE = {"IDPCommunicationError", "Throttling", "ServiceUnavailable", "InternalFailure"}
 _TAG_VALUE_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 _SESSION_UNSAFE = re.compile(r"[^\w+=,.@-]")
-
-
-@dataclass(frozen=True)
-class _Session:
-    body: str
-    expires_at: float
 
 
 def session_name(identity: Identity) -> str:
@@ -85,10 +78,12 @@ def session_tags(identity: Identity) -> dict[str, str]:
     return {k: _TAG_VALUE_UNSAFE.sub("-", v)[:256] for k, v in tags.items()}
 
 
-class AwsStsProvider:
+class AwsStsProvider(CachedTokenProvider):
     """Config: `role_arn`, `mode` (`web-identity` | `assume-role`), `sts_endpoint`, `region` (for
     signing AssumeRole; default: the endpoint's), `audience`, `duration_seconds` (≥ 900), `ca_pem`.
     Secret (assume-role): `access_key_id`, `secret_access_key`."""
+
+    token_type = "N_A"  # RFC 8693 §2.2.1: not an access token (session credentials)
 
     def __init__(
         self,
@@ -98,38 +93,11 @@ class AwsStsProvider:
         clock: Clock = SystemClock(),
         policy: OutboundPolicy | None = None,
     ) -> None:
+        super().__init__(clock=clock, policy=policy)
         self._keys = keys
         self._issuer = issuer_url.rstrip("/")
-        self._clock = clock
-        self._http = OutboundClient(policy)
-        self._sessions: TTLCache[str, _Session] = TTLCache(maxsize=4096, ttl=12 * 3600, timer=clock.time)
-        self.fetches = 0
 
-    async def close(self) -> None:
-        await self._http.close()
-
-    def flight_key(self, request: MintRequest) -> str:
-        """One STS call per provider config, secret and workload at a time."""
-        material = json.dumps([dict(request.config), dict(request.secret)], sort_keys=True, default=str)
-        identity = request.identity
-        who = f"{identity.cluster}/{identity.namespace}/{identity.service_account}"
-        return hashlib.sha256(f"{material}\n{who}".encode()).hexdigest()
-
-    async def issue(self, request: MintRequest) -> IssuedCredential:
-        key = self.flight_key(request)
-        now = self._clock.time()
-        session = self._sessions.get(key)
-        if session is None or session.expires_at - REFRESH_MARGIN_SECONDS <= now:
-            session = await self._fetch(request)
-            self._sessions[key] = session
-        remaining = int(session.expires_at - self._clock.time())
-        return IssuedCredential(
-            access_token=session.body,
-            expires_in=max(1, min(remaining, request.max_ttl_seconds)),
-            token_type="N_A",  # RFC 8693 §2.2.1: not an access token (session credentials)
-        )
-
-    async def _fetch(self, request: MintRequest) -> _Session:
+    async def _fetch(self, request: MintRequest) -> UpstreamToken:
         config, identity = request.config, request.identity
         role_arn = config.get("role_arn")
         endpoint = config.get("sts_endpoint") or DEFAULT_STS_ENDPOINT
@@ -160,9 +128,8 @@ class AwsStsProvider:
             )
             body = urlencode(form)
             result = "AssumeRoleWithWebIdentityResult"
-        self.fetches += 1
         status, raw = await upstream_request(
-            self._http, "POST", endpoint, what="AWS STS endpoint", timeout_seconds=_TIMEOUT_SECONDS,
+            self._http, "POST", endpoint, what="AWS STS endpoint", timeout_seconds=UPSTREAM_TIMEOUT_SECONDS,
             ca_pem=config.get("ca_pem"), data=body.encode(), headers=headers,
         )
         return _parse(status, raw, result)
@@ -186,7 +153,7 @@ class AwsStsProvider:
         return {"X-Amz-Date": date, "Authorization": auth}
 
 
-def _parse(status: int, raw: bytes, result: str) -> _Session:
+def _parse(status: int, raw: bytes, result: str) -> UpstreamToken:
     try:
         root = ET.fromstring(raw)
     except ET.ParseError:
@@ -204,11 +171,8 @@ def _parse(status: int, raw: bytes, result: str) -> _Session:
         raise UpstreamMintFailed("AWS STS answered no Credentials")
     fields = {name: (creds.findtext(f"{_NS}{name}") or "").strip()
               for name in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")}
-    try:
-        expires_at = datetime.fromisoformat(fields["Expiration"].replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise UpstreamMintFailed("AWS STS answered no valid Expiration") from None
+    expires_at = parse_rfc3339(fields["Expiration"], "AWS STS")
     if not (fields["AccessKeyId"] and fields["SecretAccessKey"] and fields["SessionToken"]):
         raise UpstreamMintFailed("AWS STS answered incomplete Credentials")
     body = json.dumps({"Version": 1, **fields}, separators=(",", ":"))
-    return _Session(body=body, expires_at=expires_at)
+    return UpstreamToken(body, expires_at)
