@@ -47,7 +47,11 @@ _FRAMING = frozenset(
     {"connection", "proxy-connection", "transfer-encoding", "content-length", "upgrade", "expect"}
 )
 _CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
-_FIELD_BYTES = FIELD_CHARS + b"\r\n"
+# A translation that maps every byte a field section may hold (FIELD_CHARS, plus CR and LF, its
+# separators: bare ones are refused before) to "a" and every other byte to NUL: one C pass, no
+# per-call table, then a memchr for NUL.
+_FIELD_BYTE_CHECK = bytes(0x61 if b in FIELD_CHARS + b"\r\n" else 0 for b in range(256))
+_HOSTS: dict[str, bool] = {}  # Host values seen → valid authority
 _TCHARS_TEXT = TCHARS.decode("ascii")
 _NAMES: dict[str, str] = {}  # field names seen, validated → lower-cased
 _NAMES_LIMIT = 1024
@@ -101,13 +105,23 @@ def _field_name(name: str) -> str | None:
     return lower
 
 
+def _valid_host(value: str) -> bool:
+    """Host is an authority (RFC 9112 §3.2); remembered per value (a bounded table)."""
+    valid = _HOSTS.get(value)
+    if valid is None:
+        if len(_HOSTS) >= _NAMES_LIMIT:
+            _HOSTS.clear()
+        valid = _HOSTS[value] = AUTHORITY.fullmatch(value.encode("latin-1")) is not None
+    return valid
+
+
 def _fields(block: bytes, error: type[ProxyError]) -> tuple[list[str], list[tuple[str, str]]]:
     """→ (lower-cased names, (name, value) as sent); obs-fold, bad names and CTLs are refused."""
     names: list[str] = []
     headers: list[tuple[str, str]] = []
     if not block:
         return names, headers
-    if block.translate(None, _FIELD_BYTES):  # a control character somewhere (CR/LF are separators)
+    if b"\0" in block.translate(_FIELD_BYTE_CHECK):  # a control character somewhere
         bad = next(line for line in block.split(b"\r\n") if line.translate(None, FIELD_CHARS))
         raise error(f"control character in header field {bad[:40]!r}")
     lines = block.decode("latin-1").split("\r\n")
@@ -155,8 +169,8 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
                 msg.upgrade = value
             elif lname == "expect" and isinstance(msg, Request):
                 msg.expect_continue = value.lower() == "100-continue"
-    named = conn_tokens - _CONNECTION_OPTIONS - _NEVER_NOMINATED  # Connection names more hop-by-hop fields
-    if named or not HOP_BY_HOP.isdisjoint(names):
+    named = conn_tokens - _CONNECTION_OPTIONS - _NEVER_NOMINATED if conn_tokens else conn_tokens
+    if named or not HOP_BY_HOP.isdisjoint(names):  # Connection may name more hop-by-hop fields
         drop = HOP_BY_HOP | named
         kept = [header for lname, header in zip(names, headers, strict=True) if lname not in drop]
     msg.headers = kept
@@ -169,7 +183,7 @@ def _frame(msg: Request | Response, names: list[str], headers: list[tuple[str, s
             msg.host = headers[names.index("host")][1]
         if hosts > 1 or (hosts == 0 and msg.version == "HTTP/1.1"):
             raise BadRequest("an HTTP/1.1 request needs exactly one Host field")
-        if hosts and AUTHORITY.fullmatch(msg.host.encode("latin-1")) is None:
+        if hosts and not _valid_host(msg.host):
             raise BadRequest(f"invalid Host {msg.host[:60]!r}")
     if codings is not None:
         if length is not None:
@@ -202,11 +216,12 @@ def parse_request_head(raw: bytes) -> Request:
     m = REQUEST_LINE.fullmatch(line)
     if m is None:
         raise BadRequest(f"malformed request line {line[:60]!r}")
-    if m.group(3) != b"1":
-        raise VersionNotSupported(f"HTTP/{m.group(3).decode()}.{m.group(4).decode()} is not supported")
-    version = "HTTP/1.0" if m.group(4) == b"0" else "HTTP/1.1"
+    method, target, major, minor = m.groups()
+    if major != b"1":
+        raise VersionNotSupported(f"HTTP/{major.decode()}.{minor.decode()} is not supported")
+    version = "HTTP/1.0" if minor == b"0" else "HTTP/1.1"
     names, headers = _fields(block, BadRequest)
-    req = Request(m.group(1).decode("ascii"), m.group(2).decode("ascii"), version, headers)
+    req = Request(method.decode("ascii"), target.decode("ascii"), version, headers)
     _frame(req, names, headers, BadRequest)
     return req
 
