@@ -54,7 +54,13 @@ _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _HANDSHAKE_TIMEOUT = 10.0
 _IDLE, _HEAD, _WAIT, _RESPONSE, _BODY, _DONE = range(6)
 _LINGER = 2.0  # seconds an app's input is read and discarded after an error reply
+_H2_PREFACE_START = b"PRI * HTTP/2.0"
 log = logging.getLogger("sesame.proxy.http")
+
+
+def _alpn(transport: asyncio.BaseTransport) -> str | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object.selected_alpn_protocol() if ssl_object is not None else None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,6 +134,9 @@ class ClientConnection(asyncio.Protocol):
     # app side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.origin is not None and _alpn(transport) == "h2":
+            self._to_h2(transport, b"")  # type: ignore[arg-type]
+            return
         self.transport = transport  # type: ignore[assignment]
         if not self.e.track(self, True):  # at the connection limit with every connection busy
             self.phase = _DONE
@@ -211,6 +220,12 @@ class ClientConnection(asyncio.Protocol):
     def _head(self, data: bytes | bytearray) -> None:
         """Parse a request head at the start of `data` (new bytes, or the buffer); the rest is kept."""
         buffered = data is self.buf
+        if data[:3] == b"PRI" and self.origin is not None and self.phase <= _HEAD:
+            if data[:14] == _H2_PREFACE_START:  # h2c with prior knowledge
+                self.e.track(self, False)
+                self._watchdog.cancel()  # type: ignore[union-attr]
+                self._to_h2(self.transport, bytes(data) if not buffered else b"")  # type: ignore[arg-type]
+                return
         try:
             end = find_head(data, BadRequest)
             if end is None:
@@ -569,11 +584,14 @@ class ClientConnection(asyncio.Protocol):
             self._reject(BadRequest("data after CONNECT before the tunnel was established"))
             return
         route = self.e.routes().lookup("tls", host, port)
-        self.e.observe(host, port, route is not None)
+        plain = self.e.routes().lookup("http", host, port) if route is None else None
+        self.e.observe(host, port, route is not None or plain is not None)
         self.phase = _DONE  # this protocol object is done: the transport moves on
         self._watchdog.cancel()  # type: ignore[union-attr]
         self.transport.pause_reading()  # type: ignore[union-attr]
-        if route is None:
+        if plain is not None:  # a governed plaintext route (e.g. gRPC h2c): served inside the tunnel
+            self._plaintext_tunnel(Intercepted(plain, port))
+        elif route is None:
             self.e.spawn(self._tunnel(host, port))
         else:
             self.e.spawn(self._intercept(Intercepted(route, port)))
@@ -600,6 +618,32 @@ class ClientConnection(asyncio.Protocol):
         if tls is None:
             return
         conn.connection_made(tls)
+
+    def _plaintext_tunnel(self, origin: Intercepted) -> None:
+        """CONNECT to a governed plaintext route: the requests inside (HTTP/1.1, or h2c with prior
+        knowledge) are served as on an intercepted connection; nothing is relayed blind."""
+        transport = self.transport
+        assert transport is not None
+        self.e.track(self, False)
+        transport.write(_ESTABLISHED)
+        conn = ClientConnection(self.e, origin)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        transport.resume_reading()
+
+    def _to_h2(self, transport: asyncio.Transport, first: bytes) -> None:
+        """The app speaks HTTP/2 (ALPN h2, or the h2c preface): hand the connection to the HTTP/2
+        engine, imported only now (proxy/h2_engine.py)."""
+        from proxy.h2_engine import H2Connection
+
+        self.phase = _DONE
+        pending = first or bytes(self.buf)
+        self.buf = bytearray()
+        conn = H2Connection(self.e, self.origin)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if pending:
+            conn.data_received(pending)
 
     async def _tunnel(self, host: str, port: int) -> None:
         """CONNECT to an ungoverned host: bytes both ways, nothing decrypted, nothing injected."""

@@ -54,6 +54,7 @@ class _RouteSteps:
     """What a route needs per request, built once per route: where to dial, what Host, how to inject."""
 
     dest: Destination
+    dest_h2: Destination  # the same, offering h2 before http/1.1 in ALPN (proxy/h2_engine.py)
     host_field: str
     inject: Injector | None
     sign: Signer | None = None  # aws-sigv4 routes: the request is signed, not given a header
@@ -101,9 +102,11 @@ class Exchanges:
         if len(self._steps) > _CACHE_LIMIT:
             self._steps.clear()
         if route.upstream_tls:
-            dest = Destination(route.host, route.port, self._tls.context(route.ca_pem), route.host)
+            tls, tls_h2 = self._tls.context(route.ca_pem), self._tls.context(route.ca_pem, h2=True)
+            dest = Destination(route.host, route.port, tls, route.host)
+            dest_h2 = Destination(route.host, route.port, tls_h2, route.host)
         else:
-            dest = Destination(route.host, route.port)
+            dest = dest_h2 = Destination(route.host, route.port)
         default = 443 if route.upstream_tls else 80
         host = f"[{route.host}]" if ":" in route.host else route.host
         host_field = host if route.port == default else f"{host}:{route.port}"
@@ -112,9 +115,9 @@ class Exchanges:
             from proxy.sigv4 import compile_signer
 
             signer = compile_signer(route.host, region=injection.region, service=injection.service)
-            steps = _RouteSteps(dest, host_field, None, signer)
+            steps = _RouteSteps(dest, dest_h2, host_field, None, signer)
         else:
-            steps = _RouteSteps(dest, host_field, compile_injector(injection))
+            steps = _RouteSteps(dest, dest_h2, host_field, compile_injector(injection))
         self._steps[id(route)] = (route, steps)
         return steps
 

@@ -25,6 +25,7 @@ IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h, level SOL_IPV6 (
 DEFAULT_PEEK_TIMEOUT = 2.0  # a client silent this long is tunneled raw (server-speaks-first protocols)
 _HANDSHAKE_TIMEOUT = 10.0
 _MAX_PEEKS = 50
+_H2C_PREFACE = b"PRI * HTTP/2.0\r\n"
 _HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"TRACE ")
 log = logging.getLogger("sesame.proxy.listener")
 
@@ -199,7 +200,9 @@ class Listener:
                     except (ssl.SSLError, ConnectionError, TimeoutError, OSError):
                         engine.metrics.request(route.name, "client_tls_failed")
                     return
-            elif first.startswith(_HTTP_METHODS):
+            elif first.startswith(_HTTP_METHODS) or (
+                first.startswith(_H2C_PREFACE) and engine.routes().has_port("http", port)
+            ):  # plaintext HTTP/1.1, or h2c with prior knowledge to a port a plaintext route uses
                 origin = Redirected(ip, port)
                 await loop.connect_accepted_socket(lambda: ClientConnection(engine, origin), sock)
                 return

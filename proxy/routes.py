@@ -93,14 +93,19 @@ class Route:
 class RouteTable:
     """An immutable index (kind, host, port) → Route; swapped whole on refresh."""
 
-    __slots__ = ("_index", "routes")
+    __slots__ = ("_index", "_ports", "routes")
 
     def __init__(self, routes: list[Route] | None = None) -> None:
         self.routes = tuple(routes or ())
         self._index = {key: r for r in self.routes for key in r.keys()}
+        self._ports = {(kind, port) for kind, _, port in self._index}
 
     def lookup(self, kind: Kind, host: str, port: int) -> Route | None:
         return self._index.get((kind, host, port))
+
+    def has_port(self, kind: Kind, port: int) -> bool:
+        """Some route is reached at `port` (an h2c connection's hosts are only known per stream)."""
+        return (kind, port) in self._ports
 
     def __len__(self) -> int:
         return len(self.routes)

@@ -48,6 +48,7 @@ _SYSTEM_DIRS = ("/etc/ssl/certs", "/etc/pki/tls/certs")  # with c_rehash links w
 _HASHED = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 _leaf_files = itertools.count()
 ALPN = ["http/1.1"]
+ALPN_H2 = ["h2", "http/1.1"]  # offered to apps on intercepted connections, and to upstreams for h2 streams
 BUNDLE_NAME = "ca-bundle.pem"
 TRUSTSTORE_NAME = "truststore.p12"
 TRUSTSTORE_PASSWORD = "changeit"  # the trust store holds public certificates only; Java wants a password
@@ -210,7 +211,7 @@ class LeafCertificates:
     def _context(self, leaf_pem: bytes) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(ALPN)
+        ctx.set_alpn_protocols(ALPN_H2)  # the app picks; h2 goes to proxy/h2_engine.py
         # load_cert_chain reads files only: a private, unique, short-lived file in the CA directory
         leaf_path = self._ca_dir / f".leaf-{os.getpid()}-{next(_leaf_files)}.pem"
         fd = os.open(leaf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -224,19 +225,20 @@ class LeafCertificates:
 
 
 class UpstreamTLS:
-    """Client-side SSLContexts for upstreams (ALPN http/1.1): system roots + an optional extra CA file,
-    or a route's own CA."""
+    """Client-side SSLContexts for upstreams: system roots + an optional extra CA file, or a route's
+    own CA. ALPN http/1.1 (the HTTP/1.1 engine), or h2 then http/1.1 (streams of HTTP/2 apps)."""
 
     def __init__(self, extra_ca_file: Path | None = None) -> None:
-        self.default = client_context(str(extra_ca_file) if extra_ca_file else None)
+        self._extra = str(extra_ca_file) if extra_ca_file else None
+        self.default = client_context(self._extra)
         self.default.set_alpn_protocols(ALPN)
-        self._by_ca: dict[str, ssl.SSLContext] = {}
+        self._by_ca: dict[tuple[str | None, bool], ssl.SSLContext] = {}
 
-    def context(self, ca_pem: str | None = None) -> ssl.SSLContext:
-        if not ca_pem:
+    def context(self, ca_pem: str | None = None, *, h2: bool = False) -> ssl.SSLContext:
+        if not ca_pem and not h2:
             return self.default
-        ctx = self._by_ca.get(ca_pem)
+        ctx = self._by_ca.get((ca_pem, h2))
         if ctx is None:
-            ctx = self._by_ca[ca_pem] = client_context(ca_pem)
-            ctx.set_alpn_protocols(ALPN)
+            ctx = self._by_ca[(ca_pem, h2)] = client_context(ca_pem or self._extra)
+            ctx.set_alpn_protocols(ALPN_H2 if h2 else ALPN)
         return ctx

@@ -154,8 +154,8 @@ async def test_originate_route_upgrades_plain_request_to_https(cp, start_proxy, 
 
 
 async def test_intercepted_connection_negotiates_http11_with_app_and_upstream(cp, start_proxy, pki):
-    """The app offers h2 and http/1.1 and gets http/1.1; the upstream (offering both) is asked for
-    http/1.1 only — the proxy speaks HTTP/1.1 on both legs."""
+    """An HTTP/1.1 app (ALPN http/1.1) gets http/1.1; the upstream (offering both) is asked for
+    http/1.1 only — the proxy speaks HTTP/1.1 on both legs (h2 apps: tests/proxy/test_http2.py)."""
     upstream_alpn: list[str | None] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -175,7 +175,7 @@ async def test_intercepted_connection_negotiates_http11_with_app_and_upstream(cp
         writer.write(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
         app_ctx = client_ssl(pki)
-        app_ctx.set_alpn_protocols(["h2", "http/1.1"])
+        app_ctx.set_alpn_protocols(["http/1.1"])
         await writer.start_tls(app_ctx, server_hostname="localhost")
         assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "http/1.1"
         writer.write(b"GET /v1/alpn HTTP/1.1\r\nHost: localhost\r\n\r\n")
