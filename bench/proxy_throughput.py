@@ -10,11 +10,19 @@ so a fast proxy that forgets the credential cannot look good.
 Goals (issue 8): req/s at c50 >= 0.60 x nginx; CPU per request <= 1.6 x nginx's; added p50 at c1 <=
 0.10 ms over nginx's; p99 at c50 <= 1.5 x nginx's; RSS after load <= 30 MB.
 
+HTTP/2 (issue 13, `h2load` from Debian's nghttp2-client; skipped when it is missing): h2c with prior
+knowledge against (a) an nginx h2c upstream directly, (b) nginx as an h2c front with `grpc_pass` to
+it and `grpc_set_header Authorization`, (c) Sesame in explicit mode (h2c to the proxy port, each
+stream's `:authority` naming the governed plaintext route, which Sesame speaks h2c to). Unary
+requests/s with many streams on few connections (4 connections x 100 streams), p50 at one stream,
+and Sesame's RSS with 1,000 concurrent streams (10 x 100). Goals: requests/s >= 0.5 x nginx's; added
+p50 at one stream <= 0.2 ms over nginx's; RSS with 1,000 streams <= 60 MB.
+
     .venv/bin/python -m bench.proxy_throughput [--seconds 5] [--tls-requests 500] [--tls-connections 100]
         [--baseline DIR]   # also measure another proxy package in the same run (before/after):
                            # mkdir /tmp/before && git archive REV proxy | tar -x -C /tmp/before
 
-Needs `wrk` and `nginx` (Debian: apt-get install -y wrk nginx).
+Needs `wrk` and `nginx` (Debian: apt-get install -y wrk nginx nghttp2-client).
 """
 
 from __future__ import annotations
@@ -57,6 +65,15 @@ UPSTREAM = """
   server {{ listen 127.0.0.1:{http}; location / {{ if ($denied) {{ return 401; }} return 200 "ok\\n"; }} }}
   server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
            location / {{ if ($denied) {{ return 401; }} return 200 "ok\\n"; }} }}
+"""
+UPSTREAM_H2 = """
+  server {{ listen 127.0.0.1:{h2} http2; http2_max_concurrent_streams 1000;
+           location / {{ if ($denied) {{ return 401; }} return 200 "ok\\n"; }} }}
+"""
+REVERSE_H2 = """
+  upstream h2backend {{ server 127.0.0.1:{h2}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{rp2} http2; http2_max_concurrent_streams 1000;
+           location / {{ grpc_pass grpc://h2backend; grpc_set_header Authorization "Bearer {key}"; }} }}
 """
 REVERSE = """
   upstream backend {{ server 127.0.0.1:{http}; keepalive 64; }}
@@ -112,6 +129,44 @@ def wrk(
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": len(re.findall(r"Socket errors", text)),
     }
+
+
+def h2load(url: str, conns: int, streams: int, seconds: int, *headers: str) -> dict[str, float]:
+    """h2load's figures (h2c with prior knowledge); p50 from its per-request log."""
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        argv = ["taskset", "-c", "0", "h2load", "-c", str(conns), "-m", str(streams), "-D", str(seconds),
+                "--warm-up-time=1", "--log-file", log.name]
+        for header in headers:
+            argv += ["-H", header]
+        out = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+        durations = sorted(int(line.split()[2]) for line in log.read().splitlines() if line.strip())
+    text = out.stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if done is None or codes is None:
+        raise RuntimeError(f"h2load failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    requests = int(done.group(1))
+    return {
+        "rps": requests / seconds,
+        "p50_us": float(durations[len(durations) // 2]) if durations else 0.0,
+        "requests": requests,
+        "non_2xx": requests - int(codes.group(1)),
+    }
+
+
+def measure_h2(pid: int | None, url: str, seconds: int, *headers: str) -> dict[str, dict]:
+    """One stream (p50), 4 connections x 100 streams (req/s, CPU), 10 x 100 streams (RSS)."""
+    out: dict[str, dict] = {"one": h2load(url, 1, 1, seconds, *headers)}
+    before = cpu_seconds(pid) if pid else 0.0
+    many = h2load(url, 4, 100, seconds, *headers)
+    if pid:
+        many["cpu_ms_per_req"] = (cpu_seconds(pid) - before) / max(many["requests"], 1) * 1000
+    out["many"] = many
+    if pid:
+        out["thousand"] = h2load(url, 10, 100, max(2, seconds // 2), *headers)
+        out["thousand"]["rss_mb"] = status_kib(pid, "VmRSS") / 1024
+        out["thousand"]["peak_mb"] = status_kib(pid, "VmHWM") / 1024
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -224,17 +279,20 @@ def main() -> int:
         cert = ca.issue(["localhost"], root / "tls")
         ca_file = ca.write_ca(root / "ca.pem")
         http_port, https_port, rp_port = free_port(), free_port(), free_port()
+        h2_port, rp2_port = free_port(), free_port()
+        with_h2 = shutil.which("h2load") is not None
         nginx(
             stack,
             root,
             "upstream",
             UPSTREAM.format(
                 http=http_port, https=https_port, cert=cert.cert_file, key=cert.key_file, token=KEY
-            ),
+            ) + (UPSTREAM_H2.format(h2=h2_port) if with_h2 else ""),
             core=0,
         )
         reverse_pid = nginx(
-            stack, root, "reverse", REVERSE.format(http=http_port, rp=rp_port, key=KEY), core=1
+            stack, root, "reverse", REVERSE.format(http=http_port, rp=rp_port, key=KEY)
+            + (REVERSE_H2.format(h2=h2_port, rp2=rp2_port, key=KEY) if with_h2 else ""), core=1
         )
 
         issuer = stack.enter_context(ClusterIssuer.in_thread())
@@ -246,7 +304,8 @@ def main() -> int:
             "/v1/workloads",
             service_account_workload("bench", namespace="bench", service_account="bench", cluster="bench"),
         )
-        for name, port, scheme in (("plain", http_port, "http"), ("tls", https_port, "https")):
+        for name, port, scheme in (("plain", http_port, "http"), ("tls", https_port, "https"),
+                                   ("h2c", h2_port, "http")):
             host = "127.0.0.1" if scheme == "http" else "localhost"
             tls = "none" if scheme == "http" else "intercept"
             tg = admin(
@@ -286,6 +345,11 @@ def main() -> int:
         timed(direct_sock, "localhost", 50, credential=True)
         tls_direct = timed(direct_sock, "localhost", args.tls_requests, credential=True)
         direct_sock.close()
+        h2_results: dict[str, dict[str, dict]] = {}
+        if with_h2:
+            h2_results["direct"] = measure_h2(None, f"http://127.0.0.1:{h2_port}/", args.seconds,
+                                              f"authorization: Bearer {KEY}")
+            h2_results["nginx"] = measure_h2(None, f"http://127.0.0.1:{rp2_port}/", args.seconds)
         sources = {"sesame": REPO}
         if args.baseline:
             sources["baseline"] = args.baseline.resolve()
@@ -296,6 +360,9 @@ def main() -> int:
             pid, listen, _ = start_proxy(stack, flags.split(), src, profile)
             client.load_verify_locations(cafile=str(root / "podca" / "sesame-ca-cert.pem"))
             proxies[name] = measure_proxy(pid, listen, target, (client, https_port), args)
+            if with_h2 and name == "sesame":
+                h2_results[name] = measure_h2(pid, f"http://{listen}/", args.seconds,
+                                              f":authority: 127.0.0.1:{h2_port}")
 
     print(f"\n{'run':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'CPU ms/req':>12}{'non-2xx':>9}")
     rows = dict(results)
@@ -326,11 +393,36 @@ def main() -> int:
             "https_keepalive_added_p50_ms": round((m["tls"]["keepalive_p50_us"] - tls_direct) / 1000, 3),
             "new_intercepted_tls_cpu_ms": round(m["tls"]["new_conn_cpu_ms"], 2),
         }
+    if h2_results:
+        print(f"\n{'HTTP/2 (h2load)':<22}{'req/s':>10}{'p50 µs':>9}{'CPU ms/req':>12}{'non-2xx':>9}")
+        for name, m in h2_results.items():
+            for load, r in m.items():
+                cpu = f"{r['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in r else ""
+                label = name + " " + {"one": "1 stream", "many": "4x100", "thousand": "10x100"}[load]
+                print(f"{label:<22}{r['rps']:>10.0f}{r['p50_us']:>9.0f}{cpu:>12}{r['non_2xx']:>9}")
+        h2 = h2_results.get("sesame")
+        if h2 is not None:
+            summary["http2"] = {
+                "vs_nginx_rps_4x100": round(h2["many"]["rps"] / h2_results["nginx"]["many"]["rps"], 3),
+                "added_p50_over_nginx_ms_one_stream": round(
+                    (h2["one"]["p50_us"] - h2_results["nginx"]["one"]["p50_us"]) / 1000, 3
+                ),
+                "nginx_added_p50_ms_one_stream": round(
+                    (h2_results["nginx"]["one"]["p50_us"] - h2_results["direct"]["one"]["p50_us"]) / 1000, 3
+                ),
+                "cpu_ms_per_req_4x100": round(h2["many"]["cpu_ms_per_req"], 3),
+                "rss_mb_1000_streams": round(h2["thousand"]["rss_mb"], 1),
+                "peak_rss_mb": round(h2["thousand"]["peak_mb"], 1),
+                "non_2xx": sum(r["non_2xx"] for r in h2.values()),
+            }
     print("\n" + json.dumps(summary, indent=2))
     print(
         "goals: vs_nginx_rps_c50 >= 0.60; cpu_vs_nginx_c50 <= 1.6; added_p50_over_nginx_ms_c1 <= 0.10; "
         "p99_vs_nginx_c50 <= 1.5; rss_mb <= 30; non_2xx == 0"
     )
+    if h2_results:
+        print("goals (HTTP/2): vs_nginx_rps_4x100 >= 0.5; added_p50_over_nginx_ms_one_stream <= 0.2; "
+              "rss_mb_1000_streams <= 60; non_2xx == 0")
     return 0
 
 

@@ -220,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
     def _head(self, data: bytes | bytearray) -> None:
         """Parse a request head at the start of `data` (new bytes, or the buffer); the rest is kept."""
         buffered = data is self.buf
-        if data[:3] == b"PRI" and self.origin is not None and self.phase <= _HEAD:
+        if data[:3] == b"PRI" and self.phase <= _HEAD:
             if data[:14] == _H2_PREFACE_START:  # h2c with prior knowledge
                 self.e.track(self, False)
                 self._watchdog.cancel()  # type: ignore[union-attr]

@@ -223,6 +223,10 @@ class H2Connection(asyncio.Protocol):
                 raise BadRequest("an HTTP/2 request needs :authority")
             if not target.startswith("/") and target != "*":
                 raise BadRequest("an HTTP/2 request needs an origin-form :path")
+            if self.origin is None:  # h2c to the explicit proxy: as an absolute-form request
+                if pseudo.get(b":scheme") != "http":
+                    raise BadRequest("an explicit proxy takes h2c for http:// only; use CONNECT for https")
+                req.target = f"http://{req.host}{target}"
             plan = self.e.exchanges.plan(req, self.origin)
         except ProxyError as exc:
             self.refuse(st, exc, UNGOVERNED)
@@ -419,7 +423,7 @@ class H2Connection(asyncio.Protocol):
         conn = self.conn
         sent = 0
         try:
-            while st.back:
+            while st.back and not self.paused:  # a paused transport: the bytes wait here, uncredited
                 room = min(conn.local_flow_control_window(st.id), conn.max_outbound_frame_size, len(st.back))
                 if room <= 0:
                     break

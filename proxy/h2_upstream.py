@@ -162,7 +162,7 @@ class H2Session(PooledProtocol):
         return bool(st.up_id)
 
     def room(self, st: Stream) -> int:
-        if not st.up_id or self.conn is None:
+        if not st.up_id or self.conn is None or self._write_paused:
             return 0
         try:
             return self.conn.local_flow_control_window(st.up_id)

@@ -17,14 +17,25 @@ class _Half(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self.eof = False
+        self.early = b""  # bytes that arrived before the peer was attached (a server that speaks first)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = self.peer
+        if peer is not None and peer.early:  # the other side spoke first: deliver, then read on
+            early, peer.early = peer.early, b""
+            transport.write(early)  # type: ignore[attr-defined]
+            if peer.transport is not None and not peer.transport.is_closing():
+                peer.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.write(data)
+        elif peer is not None and peer.transport is None and not self.relay.closed:
+            self.early += data  # e.g. an HTTP/2 server's SETTINGS: kept until the app side is attached
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -42,12 +42,13 @@ def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
                        "metadata": {k: v for k, v in md.items() if isinstance(v, str)}}).encode()
 
 
-def _stream(request: bytes, context: grpc.ServicerContext):
+def _stream(request: bytes, context: grpc.ServicerContext, produced: list[int]):
     ask = json.loads(request)
     chunk = b"s" * int(ask["size"])
     for _ in range(min(int(ask["count"]), _STREAM_LIMIT)):
         if not context.is_active():
             return
+        produced[0] += 1
         yield chunk
 
 
@@ -62,10 +63,11 @@ def _sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 class GrpcServer:
-    """A grpcio server on 127.0.0.1 (TLS when cert/key are given, else plaintext h2c)."""
+    """A grpcio server on `host` (TLS when cert/key are given, else plaintext h2c)."""
 
-    def __init__(self, cert: Path | None = None, key: Path | None = None) -> None:
+    def __init__(self, cert: Path | None = None, key: Path | None = None, host: str = "127.0.0.1") -> None:
         self.recorder = _Recorder()
+        self.produced = [0]  # Stream messages handed to gRPC so far (it blocks when flow control does)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16),
             interceptors=[self.recorder],
@@ -74,15 +76,15 @@ class GrpcServer:
         )
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
             "Unary": grpc.unary_unary_rpc_method_handler(_unary),
-            "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+            "Stream": grpc.unary_stream_rpc_method_handler(lambda r, c: _stream(r, c, self.produced)),
             "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
         })])
         if cert is not None and key is not None:
             creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
+            self.port = self.server.add_secure_port(f"{host}:0", creds)
         else:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"{host}:0")
 
     @property
     def seen(self) -> list[tuple[str, str | None]]:
@@ -94,6 +96,11 @@ class GrpcServer:
 
     def __exit__(self, *exc: object) -> None:
         self.server.stop(0)
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One length-prefixed gRPC message (uncompressed), as on the wire inside DATA frames."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 def method(channel: grpc.Channel, name: str, kind: str = "unary_unary"):
