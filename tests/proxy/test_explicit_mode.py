@@ -185,4 +185,3 @@ async def test_intercepted_connection_negotiates_http11_with_app_and_upstream(cp
         server.close()
     assert start.startswith("HTTP/1.1 200") and body == b"ok"
     assert upstream_alpn == ["http/1.1"]
-

@@ -13,7 +13,7 @@ import pytest
 
 from devkit.upstream import server_context
 from tests.proxy.conftest import API_KEY, client_ssl, proxy_url, route
-from tests.proxy.grpc_peers import GrpcServer, method
+from tests.proxy.grpc_peers import SERVICE, GrpcServer, grpc_frame, method
 
 TOKEN = "token-aud-api-1"  # what the control-plane double issues first for audience aud-api
 MINE = [("authorization", "Bearer mine")]  # the app's own value
@@ -270,3 +270,22 @@ def test_the_proxy_imports_h2_only_when_a_connection_negotiates_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
+
+
+async def test_h2c_with_prior_knowledge_to_the_explicit_proxy_port(cp, start_proxy, grpc_plain):
+    """h2c straight to the proxy port (no CONNECT): each stream is an absolute-form request for
+    http://<:authority><:path> — here a gRPC call made by curl, governed, so injected."""
+    cp.routes = [route("api", "127.0.0.1", grpc_plain.port, scheme="http")]
+    proxy = await start_proxy()
+    host, port = proxy.listener.address
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "10", "--http2-prior-knowledge",
+        "-H", f"Host: 127.0.0.1:{grpc_plain.port}",
+        "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "authorization: Bearer mine",
+        "--data-binary", "@-", f"http://{host}:{port}/{SERVICE}/Unary",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(grpc_frame(b"by curl")), 20)
+    assert proc.returncode == 0, err
+    assert json.loads(out[5:])["authorization"] == f"Bearer {TOKEN}"
+    assert [auth for _, auth in grpc_plain.seen] == [f"Bearer {TOKEN}"]
