@@ -150,7 +150,7 @@ def h2load(url: str, conns: int, streams: int, seconds: int, *headers: str) -> d
         "rps": requests / seconds,
         "p50_us": float(durations[len(durations) // 2]) if durations else 0.0,
         "requests": requests,
-        "non_2xx": requests - int(codes.group(1)),
+        "non_2xx": sum(int(codes.group(i)) for i in (2, 3, 4)) + requests - int(done.group(2)),
     }
 
 
