@@ -260,8 +260,8 @@ class H2Connection(asyncio.Protocol):
         """Write the credential (the one place: Plan.apply) and send the stream on its way."""
         plan = st.plan
         assert plan is not None
-        try:
-            plan.apply(st.req, cred.token)
+        try:  # SigV4: a stream without a body is signed over b""; a streamed body goes unsigned (S3)
+            plan.apply(st.req, cred.token, b"" if st.no_body else None)
         except ProxyError as exc:
             self.refuse(st, exc, plan.target)
             return
