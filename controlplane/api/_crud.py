@@ -1,5 +1,9 @@
 """Routes for a registry resource from one declaration: list (paginated), create, get, patch, delete.
 
+`{id}` in a path is a record's id or its name (names are unique per kind; an id wins
+over a name that happens to equal it). Every resource carries `labels` (string to string, as in
+Kubernetes), which `sesamectl apply --prune` uses to find the objects it manages.
+
 Every mutation is audited as `<singular>.created|updated|deleted`, the audit row committed in the
 same transaction as the change. GET, POST and PATCH answer the record's version as a strong
 `ETag`; PATCH with `If-Match` applies only to that version (412 `precondition_failed` otherwise).
@@ -9,6 +13,8 @@ version (its checks re-run), and answers 409 `conflict` only if it keeps losing.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.appkeys import AUDIT, BODY, QUERY, STORE
-from controlplane.errors import Conflict, NotFound, PreconditionFailed
+from controlplane.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
 from controlplane.http import change_audit, cursor_seq, json_response, now_ts, page_response
 from controlplane.ids import new_id
 from controlplane.pagination import LIST_QUERY
@@ -24,9 +30,36 @@ from controlplane.permissions import Permission
 from controlplane.routes import Route
 from controlplane.store.base import VersionConflict, Versioned
 from controlplane.store.sql.registry import id_prefix
-from controlplane.validation import Obj, Spec
+from controlplane.validation import Dict, Obj, Spec
 
-__all__ = ["Resource", "crud_routes", "etag", "fetch", "fetch_versioned"]
+__all__ = ["LABELS", "Resource", "crud_routes", "etag", "fetch", "fetch_versioned", "resolve_id"]
+
+MAX_LABELS = 64
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + _LABEL_NAME)
+LABEL_VALUE = re.compile(f"({_LABEL_NAME})?")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Labels(Dict):
+    """Kubernetes-style labels: at most 64, keys `[prefix/]name`, values of up to 63 characters."""
+
+    def check(self, value: Any, path: str) -> Any:
+        value = super().check(value, path)
+        if len(value) > MAX_LABELS:
+            raise InvalidRequest(f"{path} has more than {MAX_LABELS} labels", field=path)
+        for key, val in value.items():
+            if len(key) > 316 or not LABEL_KEY.fullmatch(key):
+                raise InvalidRequest(f"{path} key {key!r} is not a label key", field=f"{path}.{key}")
+            if not isinstance(val, str) or not LABEL_VALUE.fullmatch(val):
+                raise InvalidRequest(f"{path}.{key} must be a label value (string)", field=f"{path}.{key}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}}
+
+
+LABELS = Labels(required=False, max_bytes=16384, description="key/value labels, e.g. managed-by")
 
 # A PATCH without If-Match that loses this many compare-and-set races in a row answers 409.
 PATCH_ATTEMPTS = 5
@@ -70,10 +103,21 @@ async def fetch(request: web.Request, kind: str, singular: str) -> dict[str, Any
 
 async def fetch_versioned(request: web.Request, kind: str, singular: str) -> Versioned:
     """The record named by `{id}` in the path and its version, or 404 not_found."""
-    found = await request.app[STORE].registry.get_versioned(kind, request.match_info["id"])
+    registry = request.app[STORE].registry
+    wanted = request.match_info["id"]
+    found = await registry.get_versioned(kind, await resolve_id(request, kind, wanted) or wanted)
     if found is None:
-        raise NotFound(f"no {singular} {request.match_info['id']}")
+        raise NotFound(f"no {singular} {wanted}")
     return found
+
+
+async def resolve_id(request: web.Request, kind: str, id_or_name: str) -> str | None:
+    """The id of the record of `kind` whose id or name is `id_or_name`, or None."""
+    registry = request.app[STORE].registry
+    if await registry.get(kind, id_or_name) is not None:
+        return id_or_name
+    named = await registry.find(kind, name=id_or_name)
+    return named[0]["id"] if named else None
 
 
 def etag(version: int) -> str:
@@ -87,9 +131,24 @@ def if_match(request: web.Request) -> set[str] | None:
     return None if header is None else {tag.strip() for tag in header.split(",") if tag.strip()}
 
 
+def _labelled(view: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda record: {**view(record), "labels": record.get("labels") or {}}
+
+
+def _with_labels(fields: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The labels of the body are stored as given, whatever the resource's `prepare` keeps."""
+    return {**fields, "labels": body["labels"]} if "labels" in body else fields
+
+
 def crud_routes(res: Resource) -> list[Route]:
     item = f"{res.path}/{{id}}"
     title = res.singular.replace("_", " ")
+    res = dataclasses.replace(
+        res,
+        create=Obj({**res.create.fields, "labels": LABELS}, description=res.create.description),
+        patch=Obj({**res.patch.fields, "labels": LABELS}, description=res.patch.description),
+        view=_labelled(res.view),
+    )
 
     async def list_items(request: web.Request) -> web.Response:
         filters = {k: v for k, v in request[QUERY].items() if k in res.filters}
@@ -102,6 +161,7 @@ def crud_routes(res: Resource) -> list[Route]:
     async def create_item(request: web.Request) -> web.Response:
         new = new_id(id_prefix(res.kind))
         fields, secret = await res.prepare(request, request[BODY], None, new)
+        fields = _with_labels(fields, request[BODY])
         audit = change_audit(
             request,
             type=f"{res.singular}.created",
@@ -130,6 +190,7 @@ def crud_routes(res: Resource) -> list[Route]:
                     current_etag=etag(current.version),
                 )
             changes, secret = await res.prepare(request, body, current.record, current.record["id"])
+            changes = _with_labels(changes, body)
             audit = change_audit(
                 request,
                 type=audit_type,

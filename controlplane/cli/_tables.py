@@ -1,10 +1,12 @@
-"""sesamectl's output: aligned tables, key/value blocks, or raw JSON."""
+"""sesamectl's output: aligned tables, key/value blocks, JSON or YAML."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from typing import Any
+
+import yaml
 
 __all__ = ["print_result", "render_table"]
 
@@ -25,11 +27,14 @@ def render_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     )
 
 
-def print_result(result: Any, columns: tuple[str, ...] | None, as_json: bool) -> None:
+def print_result(result: Any, columns: tuple[str, ...] | None, output: str | None) -> None:
+    """Print `result` as JSON, YAML, or (default) a table of `columns` / a key-value block."""
     if result is None:
         return
-    if as_json:
+    if output == "json":
         print(json.dumps(result, indent=2))
+    elif output == "yaml":
+        print(yaml.safe_dump(result, sort_keys=False), end="")
     elif columns is not None:
         print(render_table(result, columns))
     else:

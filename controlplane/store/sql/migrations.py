@@ -180,7 +180,13 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "registry record versions", _REGISTRY_VERSIONS),
     Migration(6, "signing key lifecycle: next, active, retired", _SIGNING_KEY_STATES),
     Migration(7, "rate limits shared by replicas", "", postgres=_SHARED_RATE_LIMITS),
-    # Append Migration(8, ...) here.
+    # Policies get an optional name (unique when set), so people and documents can refer to them.
+    Migration(
+        8,
+        "policy names",
+        "ALTER TABLE policies ADD COLUMN name TEXT;\nCREATE UNIQUE INDEX policies_name ON policies(name);",
+    ),
+    # Append Migration(9, ...) here.
 ]
 
 # (table, column) pairs holding `Envelope.seal()` blobs; checked against the KEK at start.

@@ -61,6 +61,7 @@ KINDS: dict[str, Kind] = {
         "policies",
         "pol",
         lambda r: {
+            "name": r.get("name"),
             "workload_id": r.get("workload_id"),
             "target_id": r.get("target_id"),
             "provider_id": r["provider_id"],
@@ -270,7 +271,7 @@ _COLUMN_NAMES: dict[str, set[str]] = {
     "clusters": {"name", "issuer"},
     "targets": {"name", "host", "port", "audience"},
     "credential_providers": {"name", "type"},
-    "policies": {"workload_id", "target_id", "provider_id", "effect"},
+    "policies": {"name", "workload_id", "target_id", "provider_id", "effect"},
 }
 
 
