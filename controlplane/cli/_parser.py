@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate", parents=[common], help="make a new current signing key (owner)"
     )
     audit = sub.add_parser("audit", parents=[common], help="read, export, verify, prune the audit log")
-    audit.add_argument("action", nargs="?", choices=("list", "export", "verify", "prune"), default="list")
+    audit.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "export", "verify", "prune"),
+        default="list",
+        help="list events (default), export them, verify the hash chain, or prune old ones",
+    )
     for flag, text in (
         ("workload-id", "only events of this workload (id or name)"),
         ("target", "only events of this target (name)"),

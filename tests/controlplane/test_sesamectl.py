@@ -284,3 +284,106 @@ def test_api_keys_have_no_get_verb_because_the_api_has_no_such_route():
         parser.parse_args(["api-keys", "get", "key_x"])
     assert exit_info.value.code == 2
     assert parser.parse_args(["workloads", "get", "wl_x"]).verb == "get"
+
+
+def test_tls_server_name_verifies_a_port_forwarded_control_plane(tmp_path):
+    """The certificate names the in-cluster Service; the client dials 127.0.0.1 (a port-forward)."""
+    ca = DevCA("sesamectl test CA")
+    service = "sesame-controlplane.sesame-system.svc"
+    cert = ca.issue([service], tmp_path / "tls")
+    ca_file = ca.write_ca(tmp_path / "ca.pem")
+    args = ("--tls-cert", str(cert.cert_file), "--tls-key", str(cert.key_file))
+    with control_plane_process(tmp_path / "cp.db", args=args) as tls_server:
+        mismatch = ctl(tls_server, "workloads", "list", "--ca-cert", str(ca_file))
+        assert mismatch.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in mismatch.stderr
+        by_flag = ctl(
+            tls_server, "workloads", "list", "--ca-cert", str(ca_file), "--tls-server-name", service
+        )
+        assert by_flag.returncode == 0, by_flag.stderr
+        wrong = ctl(
+            tls_server, "workloads", "list", "--ca-cert", str(ca_file), "--tls-server-name", "evil.example"
+        )
+        assert wrong.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
+        env = {
+            "SESAME_URL": tls_server.url,
+            "SESAME_API_KEY": tls_server.owner_key,
+            "SESAME_CA_CERT": str(ca_file),
+            "SESAME_TLS_SERVER_NAME": service,
+            "PATH": "/usr/bin:/bin",
+        }
+        by_env = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", "-o", "yaml", "workloads", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert by_env.returncode == 0, by_env.stderr
+        assert by_env.stdout.strip() == "[]"
+
+
+def test_version_and_completion_scripts():
+    from importlib.metadata import version
+
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"sesamectl {version('sesame')}"
+    for shell, marker in (
+        ("bash", "complete "),
+        ("zsh", "compdef"),
+        ("fish", "complete --command sesamectl"),
+    ):
+        script = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", "completion", shell],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert script.returncode == 0 and marker in script.stdout, (shell, script.stdout[:500])
+
+
+def test_completion_answers_with_the_commands(tmp_path):
+    """What the shell scripts ask: argcomplete's protocol (COMP_LINE in, candidates on fd 8)."""
+    out_file = tmp_path / "candidates"
+    line = "sesamectl workloads "
+    subprocess.run(
+        ["/bin/bash", "-c", f'"{sys.executable}" -m controlplane.cli 8>"{out_file}"'],
+        env={
+            "_ARGCOMPLETE": "1",
+            "_ARGCOMPLETE_IFS": "\n",
+            "COMP_LINE": line,
+            "COMP_POINT": str(len(line)),
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        timeout=60,
+    )
+    candidates = set(out_file.read_text().split("\n"))
+    assert {"list", "get", "create", "update", "delete"} <= candidates
+    assert "rotate" not in candidates  # only credential providers rotate
+
+
+def _actions(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, (*path, name))
+        else:
+            yield path, action
+
+
+def test_every_flag_and_argument_has_a_description():
+    import argparse
+
+    from controlplane.cli._parser import build_parser
+
+    missing = [
+        (" ".join(path), action.option_strings or action.dest)
+        for path, action in _actions(build_parser())
+        if not action.help
+        or (action.help == argparse.SUPPRESS and not isinstance(action, argparse._HelpAction))
+    ]
+    assert missing == []
