@@ -2,7 +2,8 @@
 
 Starts the control plane (SQLite), a local Kubernetes-style cluster issuer with a projected service
 account token, a local HTTPS API that requires an API key, and the proxy (explicit mode); registers
-cluster, workload, target, provider and policy through the API; runs curl through the proxy with no
+cluster, workload, targets, providers and policies with `sesamectl apply -f` from the README's
+walkthrough documents (examples/walkthrough/, given local addresses); runs curl through the proxy with no
 key (200), shows one denied call (403), prints the audit trail, and stops everything it started.
 """
 
@@ -22,12 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from devkit.certs import DevCA
 from devkit.controlplane_server import LOOPBACK_ENV, control_plane_process
 from devkit.issuer import ClusterIssuer
 from devkit.processes import stop_process
-from devkit.registry_bodies import service_account_workload
 
+REPO = Path(__file__).resolve().parents[1]
+WALKTHROUGH = REPO / "examples" / "walkthrough"
 API_KEY = "sk-demo-" + os.urandom(6).hex()
 NAMESPACE, SERVICE_ACCOUNT = "shop", "checkout"
 STEP_TIMEOUT = 20.0
@@ -104,6 +108,41 @@ def curl(proxy: str, bundle: Path, url: str) -> str:
     return (out.stdout + out.stderr).strip()
 
 
+def _env_secret(variable: str) -> dict[str, Any]:
+    return {"secrets": {"value": {"fromEnv": variable}}}
+
+
+def localize_walkthrough(out: Path, issuer: str, api_port: int) -> Path:
+    """The walkthrough's documents with this machine's addresses: the local issuer (JWKS), the demo
+    API on localhost (payments) and 127.0.0.1 (ledger), secrets from the demo's environment."""
+    local: dict[tuple[str, str], dict[str, Any]] = {
+        ("Cluster", "prod"): {"issuer": issuer, "verification": "jwks"},
+        ("Target", "payments-api"): {"host": "localhost", "port": api_port},
+        ("Target", "ledger-api"): {"host": "127.0.0.1", "port": api_port},
+        ("CredentialProvider", "payments-api-key"): {
+            "secrets": {"value": {"fromEnv": "DEMO_PAYMENTS_API_KEY"}}
+        },
+        ("CredentialProvider", "ledger-api-key"): {"secrets": {"value": {"fromEnv": "DEMO_LEDGER_API_KEY"}}},
+    }
+    out.mkdir()
+    for source in sorted(WALKTHROUGH.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(source.read_text()) if d]
+        for doc in docs:
+            doc["spec"].update(local.get((doc["kind"], doc["metadata"]["name"]), {}))
+        (out / source.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return out
+
+
+def sesamectl(env: dict[str, str], *args: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    for line in (out.stdout + out.stderr).splitlines():
+        print(f"   {line}")
+    if out.returncode != 0:
+        raise SystemExit(f"sesamectl {args[0]} failed ({out.returncode})")
+
+
 def wait_ready(admin_url: str) -> None:
     for _ in range(200):
         try:
@@ -144,38 +183,21 @@ def main() -> int:
             print(f"   https://localhost:{api_port}  (key {API_KEY[:10]}…, held only by the control plane)")
             say(f"2. Control plane on SQLite at {cp.url}; cluster issuer at {issuer.url}")
             admin = Admin(cp.url, cp.owner_key)
-            say("3. Register cluster, workload, targets, credential providers and policies")
-            admin("POST", "/v1/clusters", {"name": "demo-cluster", "issuer": issuer.issuer})
-            workload = admin(
-                "POST",
-                "/v1/workloads",
-                service_account_workload(
-                    "checkout", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT, cluster="demo-cluster"
-                ),
+            say(
+                f"3. sesamectl apply -f {WALKTHROUGH.relative_to(REPO)}/ "
+                "(the README's walkthrough, local addresses)"
             )
-            # Two names for the same demo API: the app may use "localhost"; a deny policy covers
-            # "127.0.0.1" (the ledger), so that call is governed, refused and audited.
-            for name, host, secret, effect in (
-                ("payments-api", "localhost", API_KEY, "allow"),
-                ("ledger-api", "127.0.0.1", "sk-l", "deny"),
-            ):
-                target = admin("POST", "/v1/targets", {"name": name, "host": host, "port": api_port})
-                provider = admin(
-                    "POST",
-                    "/v1/credential-providers",
-                    {"name": f"{name}-key", "type": "static", "config": {"value": secret}},
-                )
-                admin(
-                    "POST",
-                    "/v1/policies",
-                    {
-                        "workload_id": workload["id"],
-                        "target_id": target["id"],
-                        "provider_id": provider["id"],
-                        "effect": effect,
-                        "max_ttl_seconds": 600,
-                    },
-                )
+            config = localize_walkthrough(root / "config", issuer.issuer, api_port)
+            ctl_env = {
+                "SESAME_URL": cp.url,
+                "SESAME_API_KEY": cp.owner_key,
+                "DEMO_PAYMENTS_API_KEY": API_KEY,
+                "DEMO_LEDGER_API_KEY": "sk-l",
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            }
+            sesamectl(ctl_env, "apply", "-f", str(config))
+            print("   sesamectl diff -f ... (nothing left to change):")
+            sesamectl(ctl_env, "diff", "-f", str(config))
             say("4. The pod: projected SA token, pod CA + trust bundle, the proxy (explicit mode)")
             token = issuer.write_token(root / "token", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT)
             subprocess.run(

@@ -33,6 +33,7 @@ def test_demo_runs_clean():
         env={**os.environ, key: value},
     )
     assert out.returncode == 0, f"demo exited {out.returncode}:\n{out.stdout}\n{out.stderr[-3000:]}"
+    assert "Policy/checkout-ledger created" in out.stdout  # registered by sesamectl apply -f
     assert "HTTP 200" in out.stdout
     assert '"error": "policy_denied"' in out.stdout and "HTTP 403" in out.stdout
     assert "token.issued" in out.stdout and "token.denied" in out.stdout
