@@ -56,10 +56,15 @@ class Labels(Dict):
         return value
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}}
+        return {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"maxLength": 316, "pattern": f"^(?:{LABEL_KEY.pattern})$"},
+            "additionalProperties": {"type": "string", "pattern": f"^(?:{LABEL_VALUE.pattern})$"},
+        }
 
 
-LABELS = Labels(required=False, max_bytes=16384, description="key/value labels, e.g. managed-by")
+LABELS = Labels(required=False, max_bytes=32768, description="key/value labels, e.g. managed-by")
 
 # A PATCH without If-Match that loses this many compare-and-set races in a row answers 409.
 PATCH_ATTEMPTS = 5
@@ -145,8 +150,8 @@ def crud_routes(res: Resource) -> list[Route]:
     title = res.singular.replace("_", " ")
     res = dataclasses.replace(
         res,
-        create=Obj({**res.create.fields, "labels": LABELS}, description=res.create.description),
-        patch=Obj({**res.patch.fields, "labels": LABELS}, description=res.patch.description),
+        create=dataclasses.replace(res.create, fields={**res.create.fields, "labels": LABELS}),
+        patch=dataclasses.replace(res.patch, fields={**res.patch.fields, "labels": LABELS}),
         view=_labelled(res.view),
     )
 

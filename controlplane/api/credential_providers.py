@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.api._crud import Resource, crud_routes, etag, fetch
+from controlplane.api._crud import LABELS, Resource, crud_routes, etag, fetch
 from controlplane.api._destinations import refuse_private_literal
 from controlplane.appkeys import AUDIT, BODY, ENVELOPE, STORE
 from controlplane.errors import Conflict, InvalidRequest, NotFound
@@ -163,6 +163,7 @@ def _create_schema() -> dict[str, Any]:
                     "name": PROVIDER_IN.fields["name"].json_schema(),
                     "type": {"const": ptype},
                     "config": config,
+                    "labels": LABELS.json_schema(),
                 },
             }
         )

@@ -5,7 +5,8 @@ own field specs so a document the cluster admits is one the API accepts.
 
 Structural schemas (apiextensions.k8s.io/v1): every node typed, no `anyOf` with null (a field a
 document leaves out is unset), free-form objects marked `x-kubernetes-preserve-unknown-fields`.
-Defaults stay with the API, so a stored document holds only what its author wrote.
+Defaults stay with the API, so a stored document holds only what its author wrote; so do the
+rules between fields.
 """
 
 from __future__ import annotations
@@ -55,11 +56,32 @@ _SOURCE = {
 }
 
 
+# JSON Schema keywords a structural CRD schema takes as they are; cross-field rules (`if`/`then`,
+# `anyOf`, `dependentSchemas`) stay with the API, which answers them with a clear 400.
+_KEPT = {
+    "type",
+    "format",
+    "description",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "required",
+    "const",
+}
+
+
 def structural(schema: dict[str, Any]) -> dict[str, Any]:
     """A JSON Schema of `controlplane.validation` as a structural CRD schema."""
     if "anyOf" in schema:  # Spec.json_schema's nullable form: [schema, {"type": "null"}]
         return structural(next(s for s in schema["anyOf"] if s.get("type") != "null"))
-    out = {k: v for k, v in schema.items() if k not in ("default", "additionalProperties")}
+    out = {k: v for k, v in schema.items() if k in _KEPT}
     if "properties" in schema:
         out["properties"] = {k: structural(v) for k, v in schema["properties"].items()}
     elif schema.get("type") == "object":
