@@ -21,6 +21,7 @@ from controlplane.store.sql import SqlStore
 __all__ = [
     "API_KEYS",
     "AUDIT",
+    "AUDIT_EVENT_IDS",
     "BODY",
     "CLOCK",
     "CONFIG",
@@ -50,6 +51,8 @@ ROUTES = web.AppKey("routes", list[Route])
 READY_CHECKS = web.AppKey("ready_checks", dict[str, ReadyCheck])
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# Ids of the audit events a request wrote (its access log line names them).
+AUDIT_EVENT_IDS = web.RequestKey("audit_event_ids", list)
 PRINCIPAL = web.RequestKey("principal", ApiKey)
 BODY = web.RequestKey("body", dict[str, Any])
 QUERY = web.RequestKey("query", dict[str, Any])

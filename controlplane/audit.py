@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from controlplane.clock import Clock, format_ts
 from controlplane.errors import SesameError
 from controlplane.ids import new_id
+from controlplane.logs import note_audit_event
 from controlplane.metrics import Metrics
 from controlplane.store.base import AuditStore
 from controlplane.store.sql.audit import AUDIT_FIELDS
@@ -132,8 +134,12 @@ class AuditWriter:
             extra=extra,
         )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queued = time.monotonic()
         await self._queue.put((row, done))
         await done
+        note_audit_event(row["id"])
+        if self._metrics is not None:
+            self._metrics.audit_lag(time.monotonic() - queued)
         event = {k: v for k, v in row.items() if k not in ("ts", "extra")}
         return {**event, "timestamp": row["ts"], "extra": extra or {}}
 
@@ -147,8 +153,9 @@ class AuditWriter:
 
     def committed(self, hook: ChangeAudit) -> None:
         """Count the rows a hook wrote once their transaction has committed."""
-        if self._metrics is not None:
-            for row in hook.rows:
+        for row in hook.rows:
+            note_audit_event(row["id"])
+            if self._metrics is not None:
                 self._metrics.audit_written(row["type"])
 
     def _row(self, *, extra: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

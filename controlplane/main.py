@@ -24,6 +24,7 @@ from controlplane.config import Config
 from controlplane.envelope import Envelope
 from controlplane.errors import SesameError, StartupError
 from controlplane.exchange_settings import ENV_FLAGS
+from controlplane.logs import AccessLogger, configure_logging, json_line
 from controlplane.permissions import Role
 from controlplane.serving_tls import ServingCertificate
 from controlplane.store import open_store
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     try:
         config = Config.build(vars(args), env)
-        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(config.log_level)
         if args.command == "init":
             return _run(_init(config))
         return _run(_serve(config))
@@ -164,15 +165,17 @@ async def _serve(config: Config) -> int:
         sock.close()
         raise
     issuer, chosen_by = config.issuer()
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLogger)
     await runner.setup()
     try:
         site = web.SockSite(runner, sock, ssl_context=ssl_ctx)
         await site.start()
         port = config.listen_port
         host = config.listen_host if ":" not in config.listen_host else f"[{config.listen_host}]"
-        print(f"sesame-controlplane issuer URL {issuer} (from {chosen_by})", file=sys.stderr, flush=True)
-        print(f"sesame-controlplane listening on {config.scheme}://{host}:{port}", flush=True)
+        log.info("sesame-controlplane issuer URL %s (from %s)", issuer, chosen_by)
+        url = f"{config.scheme}://{host}:{port}"
+        # The readiness line on stdout (devkit and tests wait for it), in the logs' JSON format.
+        print(json_line(f"sesame-controlplane listening on {url}", url=url), flush=True)
         if certificate:
             certificate.start()
         stop = asyncio.Event()

@@ -5,9 +5,11 @@ Token exchange calls `metrics.token_issued(target)` / `metrics.token_denied(reas
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -61,6 +63,33 @@ class Metrics:
             ["limiter", "outcome"],
             registry=self.registry,
         )
+        self.credential_expiry = Gauge(
+            "sesame_credential_expiry_timestamp_seconds",
+            "When the newest credential issued for each target expires (Unix time)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.audit_lag_seconds = Histogram(
+            "sesame_audit_lag_seconds",
+            "From an audit event being recorded to its commit (queued events)",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        # Exported only once a verification ran (an unlabelled Gauge would read 0, "broken", at start).
+        self._audit_chain: tuple[float, float] | None = None  # (valid 1/0, when)
+        self.registry.register(_AuditChainCollector(self))
+        self.proxies = Gauge(
+            "sesame_proxies",
+            "Sidecars by state: reporting (heartbeat in the last 5 min), silent (seen in 24 h, not in 5 min)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.certificate_expiry = Gauge(
+            "sesame_certificate_expiry_timestamp_seconds",
+            "When the control plane's serving certificate expires (Unix time)",
+            ["certificate"],
+            registry=self.registry,
+        )
         # labelled children by label values: `labels()` validates and locks on every call, and
         # these are counted on every request (label sets are bounded: route templates, codes).
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -74,8 +103,16 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def token_issued(self, target: str) -> None:
+    def token_issued(self, target: str, *, expires_at: float | None = None) -> None:
         self._child(self.tokens_issued, target).inc()
+        if expires_at is not None:
+            self._child(self.credential_expiry, target).set(expires_at)
+
+    def audit_lag(self, seconds: float) -> None:
+        self.audit_lag_seconds.observe(seconds)
+
+    def audit_verified(self, ok: bool, at: float) -> None:
+        self._audit_chain = (1.0 if ok else 0.0, at)
 
     def token_denied(self, reason: str) -> None:
         self._child(self.tokens_denied, reason).inc()
@@ -102,3 +139,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AuditChainCollector:
+    """The last audit chain verification's result and time, once one has run."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._metrics._audit_chain
+        if state is None:
+            return
+        yield GaugeMetricFamily(
+            "sesame_audit_chain_valid",
+            "1 when the last audit chain verification passed, 0 when it found a break",
+            value=state[0],
+        )
+        yield GaugeMetricFamily(
+            "sesame_audit_chain_verified_timestamp_seconds",
+            "When the audit chain was last verified (Unix time)",
+            value=state[1],
+        )

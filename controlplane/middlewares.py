@@ -10,9 +10,10 @@ from random import getrandbits
 
 from aiohttp import web
 
-from controlplane.appkeys import CONFIG, METRICS, REQUEST_ID
+from controlplane.appkeys import AUDIT_EVENT_IDS, CONFIG, METRICS, REQUEST_ID
 from controlplane.denials import audit_unauthenticated
 from controlplane.errors import PayloadTooLarge, SesameError
+from controlplane.logs import request_context
 from controlplane.routes import Handler
 from controlplane.source_limits import EXEMPT_PATHS, SOURCE_LIMITER, SourceRateLimited, source_of
 
@@ -38,6 +39,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     # A correlation id, not a secret: the non-cryptographic PRNG is enough (and no syscall).
     request_id = presented if _VALID_REQUEST_ID.fullmatch(presented) else f"{getrandbits(128):032x}"
     request[REQUEST_ID] = request_id
+    request[AUDIT_EVENT_IDS] = request_context(request_id)
     start = time.perf_counter()
     status = 500
     try:

@@ -189,7 +189,8 @@ class TokenExchange:
             ttl_seconds=credential.expires_in,
             extra=_extra(ctx),
         )
-        self._metrics.token_issued(ctx["target_name"])
+        expires_at = self._clock.time() + credential.expires_in
+        self._metrics.token_issued(ctx["target_name"], expires_at=expires_at)
         return result
 
     async def _exchange(

@@ -10,6 +10,7 @@ with control_plane_process(tmp_path / "cp.db") as cp:           # `sesame-contro
 from __future__ import annotations
 
 import base64
+import json
 import os
 import select
 import socket
@@ -165,7 +166,7 @@ def _wait_for_url(proc: subprocess.Popen[str], log_path: Path) -> str:
         if ready:
             line = proc.stdout.readline()
             if "listening on " in line:
-                return line.rsplit("listening on ", 1)[1].strip()
+                return json.loads(line)["url"]
         if proc.poll() is not None:
             err = log_path.read_text(errors="replace")
             raise RuntimeError(f"control plane exited with {proc.returncode}: {err.strip()[-2000:]}")

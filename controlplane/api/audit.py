@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.appkeys import BODY, CLOCK, CONFIG, QUERY, STORE
+from controlplane.appkeys import BODY, CLOCK, CONFIG, METRICS, QUERY, STORE
 from controlplane.audit import verify_chain
 from controlplane.clock import format_ts, parse_ts
 from controlplane.config import DEFAULT_AUDIT_EXPORT_MAX_ROWS
@@ -166,7 +166,9 @@ async def prune_audit(request: web.Request) -> web.Response:
 
 
 async def verify_audit(request: web.Request) -> web.Response:
-    return json_response(await verify_chain(request.app[STORE].audit))
+    result = await verify_chain(request.app[STORE].audit)
+    request.app[METRICS].audit_verified(result["ok"], request.app[CLOCK].time())
+    return json_response(result)
 
 
 _ERROR = {

@@ -10,6 +10,7 @@ from controlplane.appkeys import METRICS, READY_CHECKS
 from controlplane.http import json_response
 from controlplane.metrics import CONTENT_TYPE
 from controlplane.routes import Route
+from controlplane.scrape_gauges import refresh_gauges
 
 __all__ = ["ROUTES"]
 
@@ -38,6 +39,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    await refresh_gauges(request.app)
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -233,6 +233,11 @@ class SqlExchange:
                 (workload_id, pod, pod_uid, version, now, now),
             )
 
+    async def count_proxies(self, *, since: str) -> int:
+        """Proxies whose last heartbeat is at or after `since` (RFC 3339, the stored format)."""
+        row = await self._db.fetchone("SELECT count(*) AS n FROM proxies WHERE last_seen >= ?", (since,))
+        return int(row["n"]) if row else 0
+
     async def list_proxies(self, *, limit: int, after_seq: int | None, workload_id: str | None) -> Page:
         return await self._page(
             "proxies",
