@@ -16,8 +16,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from proxy.logs import JsonFormatter
-
 __all__ = [
     "AccessLogger",
     "audit_event_ids",
@@ -64,7 +62,7 @@ class _ContextFilter(logging.Filter):
 def configure_logging(level: str | int = "INFO") -> None:
     """Every record as one JSON line on stderr, with the request's context."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(_json_formatter())
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -96,4 +94,12 @@ def json_line(message: str, **fields: Any) -> str:
     record = logging.makeLogRecord(
         {"name": "controlplane", "levelno": logging.INFO, "levelname": "INFO", "msg": message, **fields}
     )
-    return JsonFormatter().format(record)
+    return _json_formatter().format(record)
+
+
+def _json_formatter() -> logging.Formatter:
+    # Imported when a process sets up its logs, not with this module: test collection must not
+    # import the `proxy` package before tests/proxy (a package of the same name) is collected.
+    from proxy.logs import JsonFormatter
+
+    return JsonFormatter()
