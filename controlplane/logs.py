@@ -1,5 +1,5 @@
-"""JSON log lines from the control plane: one object per record on stderr (the proxy's format,
-`proxy.logs.JsonFormatter`), each carrying the `request_id` of the request it was written for and
+"""JSON log lines from the control plane: one object per record on stderr (the proxy's format),
+each carrying the `request_id` of the request it was written for and
 the `audit_event_ids` that request wrote so far; one access line per request.
 
 The request id and the audit event ids live in context variables that `observe_middleware` sets
@@ -9,8 +9,10 @@ for each request (aiohttp handles each request in its own task, so they never mi
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +29,7 @@ __all__ = [
 _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _AUDIT_IDS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("audit_event_ids", default=None)
 access_log = logging.getLogger("controlplane.access")
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def request_context(request_id: str) -> list[str]:
@@ -97,9 +100,23 @@ def json_line(message: str, **fields: Any) -> str:
     return _json_formatter().format(record)
 
 
-def _json_formatter() -> logging.Formatter:
-    # Imported when a process sets up its logs, not with this module: test collection must not
-    # import the `proxy` package before tests/proxy (a package of the same name) is collected.
-    from proxy.logs import JsonFormatter
+class JsonFormatter(logging.Formatter):
+    """The proxy's log line format (proxy/logs.py; the control plane imports nothing from the proxy):
+    `ts`, `level`, `logger`, `msg`, then the record's own fields."""
 
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _json_formatter() -> logging.Formatter:
     return JsonFormatter()
