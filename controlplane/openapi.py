@@ -5,11 +5,24 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from controlplane.api_schemas import COMPONENTS
 from controlplane.routes import API_KEY_AUTH, SA_TOKEN_AUTH, Route
 
 __all__ = ["SECURITY_SCHEMES", "build_openapi"]
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+def _camel(name: str) -> str:
+    """`post_create_thing` -> `postCreateThing` (routes that name no operation; ours all do)."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+_PATH_PARAMETERS = {
+    "id": "the object's id; registry resources (workloads, clusters, targets, credential providers, "
+    "policies) also take its name",
+    "scope": "which webhook configuration calls: pod or namespace",
+}
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -42,16 +55,27 @@ SECURITY_SCHEMES = {
 
 def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    operations: set[str] = set()
     for route in routes:
         path = _PARAM.sub(r"{\1}", route.path)
+        operation = route.operation or _camel(f"{route.method.lower()}_{route.operation_id}")
+        if operation in operations:
+            raise ValueError(f"{route.method} {route.path}: operation id {operation} is taken")
+        operations.add(operation)
         op: dict[str, Any] = {
-            "operationId": f"{route.method.lower()}_{route.operation_id}_{len(paths)}",
+            "operationId": operation,
             "summary": route.summary,
             "tags": list(route.tags) or [_tag(path)],
             "responses": _responses(route),
         }
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": _PATH_PARAMETERS.get(name, ""),
+            }
             for name in _PARAM.findall(route.path)
         ]
         if route.query is not None:
@@ -71,7 +95,9 @@ def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, A
                 "required": True,
                 "content": {"application/json": {"schema": route.request.json_schema()}},
             }
-        op.update(route.openapi)
+        extra = dict(route.openapi)
+        op["responses"] = {**op["responses"], **extra.pop("responses", {})}
+        op.update(extra)
         op["security"] = _security(route)
         if route.permission is not None:
             op["x-permission"] = route.permission.name
@@ -87,7 +113,7 @@ def build_openapi(routes: list[Route], *, version: str = "0.1.0") -> dict[str, A
         "paths": paths,
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
-            "schemas": {"Error": _ERROR_SCHEMA},
+            "schemas": {"Error": _ERROR_SCHEMA, **dict(sorted(COMPONENTS.items()))},
         },
     }
 
@@ -115,7 +141,7 @@ def _responses(route: Route) -> dict[str, Any]:
     }
     success: dict[str, Any] = {"description": route.summary}
     if route.status != 204:
-        success["content"] = {route.content_type: {"schema": {}}}
+        success["content"] = {route.content_type: {"schema": route.response or {}}}
     out: dict[str, Any] = {str(route.status): success}
     if route.request is not None or route.query is not None:
         out["400"] = error

@@ -50,6 +50,10 @@ class Route:
     content_type: str = "application/json"
     # Custom authentication of a `permission=None` route (an OpenAPI security scheme name).
     auth: str | None = None
+    # The OpenAPI operationId: hand-chosen and stable (generated clients name methods after it).
+    operation: str = ""
+    # The success response's schema (usually a `controlplane.api_schemas.component` reference).
+    response: dict[str, Any] | None = None
 
     @property
     def operation_id(self) -> str:

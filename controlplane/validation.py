@@ -19,6 +19,8 @@ from typing import Any
 from controlplane.errors import InvalidRequest
 
 __all__ = [
+    "HTTPS_URL_HINT",
+    "HTTPS_URL_PATTERN",
     "MAX_JSON_DEPTH",
     "URL_PATTERN",
     "Bool",
@@ -44,10 +46,14 @@ _IPV6_PATTERN = (  # RFC 4291 text forms (no embedded IPv4, no zone)
     rf"|(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}|(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}"
     rf"|{_H16}:(?::{_H16}){{1,6}}|:(?:(?::{_H16}){{1,7}}|:)"
 )
-URL_PATTERN = (
-    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[(?:" + _IPV6_PATTERN + r")\])"
-    r"(?::[0-9]{1,5})?(?:[/?#][!-~]*)?"
-)
+_URL_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[(?:" + _IPV6_PATTERN + r")\])"
+_URL_REST = r"(?::[0-9]{1,5})?(?:[/?#][!-~]*)?"
+URL_PATTERN = r"https?://" + _URL_HOST + _URL_REST
+# Where the control plane fetches from or trusts an issuer: https, or http on a loopback host
+# (development: a local issuer or token endpoint on this machine).
+_LOOPBACK_HOST = r"(?:localhost|127(?:\.[0-9]{1,3}){3}|\[::1\])"
+HTTPS_URL_PATTERN = r"(?:https://" + _URL_HOST + r"|http://" + _LOOPBACK_HOST + r")" + _URL_REST
+HTTPS_URL_HINT = "an absolute https URL (http only on a loopback host: localhost, 127.0.0.0/8, [::1])"
 _MISSING: Any = object()
 MAX_JSON_DEPTH = 64  # a Pod in an AdmissionReview nests ~15 deep; deeper bodies are abuse
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -93,6 +99,8 @@ class Str(Spec):
     max_len: int = 256
     choices: tuple[str, ...] | None = None
     pattern: str | None = None
+    # What a value that does not match `pattern` should be, for the 400's message ("an absolute ...").
+    pattern_hint: str = ""
     secret: bool = False  # write-only: never echoed back in errors
 
     def check(self, value: Any, path: str) -> Any:
@@ -103,6 +111,8 @@ class Str(Spec):
         if not self.min_len <= len(value) <= self.max_len:
             raise InvalidRequest(f"{path} must be {self.min_len}..{self.max_len} characters long", field=path)
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            if self.pattern_hint:
+                raise InvalidRequest(f"{path} must be {self.pattern_hint}", field=path)
             raise InvalidRequest(f"{path} has an invalid format", field=path)
         return value
 

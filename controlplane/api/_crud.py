@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.api_schemas import component, page_of
 from controlplane.appkeys import AUDIT, BODY, QUERY, STORE
 from controlplane.errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
 from controlplane.http import change_audit, cursor_seq, json_response, now_ts, page_response
@@ -95,6 +96,12 @@ class Resource:
     prepare: Prepare = _no_prepare
     filters: dict[str, Spec] = field(default_factory=dict)  # query param == store column
     audit_fields: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: {}
+    # OpenAPI: the component name (`Workload`), its plural for operation ids (`Workloads`), the
+    # record's schema as GET answers it, and the create answer's when `created_view` differs.
+    component: str = ""
+    plural: str = ""
+    schema: dict[str, Any] = field(default_factory=dict)
+    created_schema: dict[str, Any] | None = None
     # Audit type of a PATCH from its body (None or absent: `<singular>.updated`).
     update_type: Callable[[dict[str, Any]], str | None] | None = None
     # /openapi.json schema of the POST body when `create.json_schema()` says less than `prepare` checks.
@@ -250,8 +257,21 @@ def crud_routes(res: Resource) -> list[Route]:
         fn.__name__ = f"{verb}_{res.singular}"
 
     list_query = Obj({**LIST_QUERY, **res.filters})
+    record = component(res.component, {**res.schema, "description": f"A {title}"})
+    created = component(f"{res.component}Created", res.created_schema) if res.created_schema else record
+    listed = page_of(res.component)
+    one, many = res.component, res.plural
     return [
-        Route("GET", res.path, list_items, res.read, f"List {title}s", query=list_query),
+        Route(
+            "GET",
+            res.path,
+            list_items,
+            res.read,
+            f"List {many[0].lower()}{_spaced(many[1:])}",
+            query=list_query,
+            operation=f"list{many}",
+            response=listed,
+        ),
         Route(
             "POST",
             res.path,
@@ -261,11 +281,28 @@ def crud_routes(res: Resource) -> list[Route]:
             request=res.create,
             status=201,
             openapi=_request_body(res.create_schema),
+            operation=f"create{one}",
+            response=created,
         ),
-        Route("GET", item, get_item, res.read, f"Get a {title}"),
-        Route("PATCH", item, patch_item, res.write, f"Update a {title}", request=res.patch),
-        Route("DELETE", item, delete_item, res.write, f"Delete a {title}", status=204),
+        Route("GET", item, get_item, res.read, f"Get a {title}", operation=f"get{one}", response=record),
+        Route(
+            "PATCH",
+            item,
+            patch_item,
+            res.write,
+            f"Update a {title}",
+            request=res.patch,
+            operation=f"update{one}",
+            response=record,
+        ),
+        Route(
+            "DELETE", item, delete_item, res.write, f"Delete a {title}", status=204, operation=f"delete{one}"
+        ),
     ]
+
+
+def _spaced(camel: str) -> str:
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in camel)
 
 
 def _request_body(schema: dict[str, Any] | None) -> dict[str, Any]:

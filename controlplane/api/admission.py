@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from controlplane.api_schemas import component
 from controlplane.appkeys import CONFIG
 from controlplane.denials import audit_unauthenticated
 from controlplane.errors import InvalidRequest
@@ -101,6 +102,30 @@ _REVIEW_BODY = {
         }
     },
 }
+_REVIEW_ANSWER = component(
+    "AdmissionReviewResponse",
+    {
+        "type": "object",
+        "required": ["apiVersion", "kind", "response"],
+        "description": "AdmissionReview (admission.k8s.io/v1) with the response: allowed, and a JSONPatch",
+        "properties": {
+            "apiVersion": {"const": "admission.k8s.io/v1"},
+            "kind": {"const": "AdmissionReview"},
+            "response": {
+                "type": "object",
+                "required": ["uid", "allowed"],
+                "properties": {
+                    "uid": {"type": "string"},
+                    "allowed": {"type": "boolean"},
+                    "patchType": {"const": "JSONPatch"},
+                    "patch": {"type": "string", "description": "base64 of a JSONPatch"},
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                    "status": {"type": "object"},
+                },
+            },
+        },
+    },
+)
 _SCOPE_PARAMETER = {
     "name": "scope",
     "in": "path",
@@ -116,6 +141,8 @@ ROUTES = [
         None,
         "Mutating admission webhook: inject the sesame proxy into opted-in pods",
         tags=("admission",),
+        operation="reviewAdmission",
+        response=_REVIEW_ANSWER,
         openapi={
             "parameters": [
                 {
@@ -136,5 +163,7 @@ ROUTES = [
         "Mutating admission webhook with the scope in the path (what the chart's webhooks call)",
         tags=("admission",),
         openapi={"parameters": [_SCOPE_PARAMETER], "requestBody": _REVIEW_BODY},
+        operation="reviewAdmissionInScope",
+        response=_REVIEW_ANSWER,
     ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from controlplane.api_schemas import TIMESTAMP, component, nullable, page_of
 from controlplane.appkeys import API_KEYS, BODY, PRINCIPAL, QUERY, RATE_LIMITER, STORE
 from controlplane.errors import NotFound
 from controlplane.http import audit_event, cursor_seq, json_response, page_response
@@ -51,8 +52,28 @@ async def delete_api_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+_API_KEY_FIELDS = {
+    "id": {"type": "string"},
+    "name": {"type": "string"},
+    "role": {"type": "string", "enum": list(ROLE_NAMES)},
+    "prefix": {"type": "string", "description": "the key's first characters, to recognise it"},
+    "created_at": TIMESTAMP,
+    "last_used_at": nullable(TIMESTAMP),
+}
+_API_KEY = {"type": "object", "required": list(_API_KEY_FIELDS), "properties": _API_KEY_FIELDS}
+component("ApiKey", _API_KEY)
+
 ROUTES = [
-    Route("GET", "/v1/api-keys", list_api_keys, API_KEYS_READ, "List admin API keys", query=Obj(LIST_QUERY)),
+    Route(
+        "GET",
+        "/v1/api-keys",
+        list_api_keys,
+        API_KEYS_READ,
+        "List admin API keys",
+        query=Obj(LIST_QUERY),
+        operation="listApiKeys",
+        response=page_of("ApiKey"),
+    ),
     Route(
         "POST",
         "/v1/api-keys",
@@ -61,8 +82,23 @@ ROUTES = [
         "Create an API key (returned once)",
         request=API_KEY_IN,
         status=201,
+        operation="createApiKey",
+        response=component(
+            "ApiKeyCreated",
+            {
+                "type": "object",
+                "required": [*_API_KEY_FIELDS, "key"],
+                "properties": {**_API_KEY_FIELDS, "key": {"type": "string", "description": "shown once"}},
+            },
+        ),
     ),
     Route(
-        "DELETE", "/v1/api-keys/{id}", delete_api_key, API_KEYS_WRITE, "Revoke an API key at once", status=204
+        "DELETE",
+        "/v1/api-keys/{id}",
+        delete_api_key,
+        API_KEYS_WRITE,
+        "Revoke an API key at once",
+        status=204,
+        operation="deleteApiKey",
     ),
 ]

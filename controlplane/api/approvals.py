@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from controlplane.api_schemas import TIMESTAMP, component, nullable, page_of
 from controlplane.appkeys import QUERY
 from controlplane.errors import NotFound
 from controlplane.exchange_services import EXCHANGE
@@ -77,8 +78,38 @@ _DECIDE_DOC = {
     "requestBody": {"required": False, "content": {"application/json": {"schema": DECIDE_IN.json_schema()}}}
 }
 
+_APPROVAL = component(
+    "Approval",
+    {
+        "type": "object",
+        "required": ["id", "workload_id", "target_id", "status", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "workload_id": {"type": "string"},
+            "target_id": {"type": "string"},
+            "policy_id": nullable({"type": "string"}),
+            "status": {"type": "string", "enum": ["pending", "approved", "denied"]},
+            "window_seconds": nullable({"type": "integer"}),
+            "requested_by": nullable({"type": "string"}),
+            "decided_by": nullable({"type": "string"}),
+            "created_at": TIMESTAMP,
+            "decided_at": nullable(TIMESTAMP),
+            "expires_at": {**TIMESTAMP, "description": "approved: when the window ends"},
+        },
+    },
+)
+
 ROUTES = [
-    Route("GET", "/v1/approvals", list_approvals, APPROVALS_READ, "List approvals", query=LIST_Q),
+    Route(
+        "GET",
+        "/v1/approvals",
+        list_approvals,
+        APPROVALS_READ,
+        "List approvals",
+        query=LIST_Q,
+        operation="listApprovals",
+        response=page_of("Approval"),
+    ),
     Route(
         "POST",
         "/v1/approvals/{id}/approve",
@@ -86,6 +117,8 @@ ROUTES = [
         APPROVALS_DECIDE,
         "Approve: exchanges for (workload, target) succeed for the window",
         openapi=_DECIDE_DOC,
+        operation="approveApproval",
+        response=_APPROVAL,
     ),
     Route(
         "POST",
@@ -94,5 +127,7 @@ ROUTES = [
         APPROVALS_DECIDE,
         "Deny: exchanges for (workload, target) are refused for the window",
         openapi=_DECIDE_DOC,
+        operation="denyApproval",
+        response=_APPROVAL,
     ),
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.api_schemas import TIMESTAMP, component, nullable, page_of
 from controlplane.appkeys import BODY, CLOCK, CONFIG, METRICS, QUERY, STORE
 from controlplane.audit import verify_chain
 from controlplane.clock import format_ts, parse_ts
@@ -175,13 +176,36 @@ _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_AUDIT_EVENT = component(
+    "AuditEvent",
+    {
+        "type": "object",
+        "required": ["id", "timestamp", "type", "actor", "outcome", "extra"],
+        "properties": {
+            "id": {"type": "string"},
+            "timestamp": TIMESTAMP,
+            "type": {"type": "string", "description": "e.g. token.issued, workload.created"},
+            "actor": {"type": "string"},
+            "outcome": {"type": "string", "description": "success, denied, failure, skipped"},
+            "workload_id": nullable({"type": "string"}),
+            "target_service": nullable({"type": "string"}),
+            "audience": nullable({"type": "string"}),
+            "ttl_seconds": nullable({"type": "integer"}),
+            "reason": nullable({"type": "string"}),
+            "correlation_id": nullable({"type": "string", "description": "the request's X-Request-Id"}),
+            "extra": {"type": "object"},
+        },
+    },
+)
+_AUDIT_PAGE = page_of("AuditEvent", key="events")
+
 _EXPORT_RESPONSES = {
     "200": {
         "description": f"the events, oldest first (`format=json`: an array; `csv`: a header row); "
         f"`{NEXT_CURSOR_HEADER}` when more remain",
         "headers": {NEXT_CURSOR_HEADER: {"schema": {"type": "string"}, "required": False}},
         "content": {
-            "application/json": {"schema": {"type": "array"}},
+            "application/json": {"schema": {"type": "array", "items": _AUDIT_EVENT}},
             "text/csv": {"schema": {"type": "string"}},
         },
     },
@@ -189,7 +213,16 @@ _EXPORT_RESPONSES = {
 }
 
 ROUTES = [
-    Route("GET", "/v1/audit", list_audit, AUDIT_READ, "List audit events, newest first", query=AUDIT_QUERY),
+    Route(
+        "GET",
+        "/v1/audit",
+        list_audit,
+        AUDIT_READ,
+        "List audit events, newest first",
+        query=AUDIT_QUERY,
+        operation="listAuditEvents",
+        response=_AUDIT_PAGE,
+    ),
     Route(
         "GET",
         "/v1/audit/export",
@@ -198,6 +231,8 @@ ROUTES = [
         "Export up to 50k events (json or csv); X-Next-Cursor continues",
         query=EXPORT_QUERY,
         openapi={"responses": _EXPORT_RESPONSES},
+        operation="exportAuditEvents",
+        response={"type": "array", "items": _AUDIT_EVENT},
     ),
     Route(
         "POST",
@@ -206,6 +241,35 @@ ROUTES = [
         AUDIT_PRUNE,
         "Delete events older than N days",
         request=PRUNE_IN,
+        operation="pruneAuditEvents",
+        response=component(
+            "AuditPruned",
+            {
+                "type": "object",
+                "required": ["deleted", "before"],
+                "properties": {"deleted": {"type": "integer"}, "before": TIMESTAMP},
+            },
+        ),
     ),
-    Route("GET", "/v1/audit/verify", verify_audit, AUDIT_READ, "Verify the hash chain of the audit log"),
+    Route(
+        "GET",
+        "/v1/audit/verify",
+        verify_audit,
+        AUDIT_READ,
+        "Verify the hash chain of the audit log",
+        operation="verifyAuditChain",
+        response=component(
+            "AuditVerification",
+            {
+                "type": "object",
+                "required": ["ok", "checked", "first_bad_id"],
+                "properties": {
+                    "ok": {"type": "boolean"},
+                    "checked": {"type": "integer", "description": "events verified"},
+                    "first_bad_id": nullable({"type": "string"}),
+                    "reason": {"type": "string"},
+                },
+            },
+        ),
+    ),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from controlplane.api_schemas import component
 from controlplane.appkeys import ROUTES as ROUTES_KEY
 from controlplane.http import json_response
 from controlplane.openapi import build_openapi
@@ -45,7 +46,47 @@ async def permissions(request: web.Request) -> web.Response:
     )
 
 
+_PERMISSION = component(
+    "Permission",
+    {
+        "type": "object",
+        "required": ["name", "description", "min_role", "roles"],
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "min_role": {"type": "string", "enum": list(ROLE_NAMES)},
+            "roles": {"type": "array", "items": {"type": "string", "enum": list(ROLE_NAMES)}},
+        },
+    },
+)
+
 ROUTES = [
-    Route("GET", "/openapi.json", openapi, None, "OpenAPI 3.1 document of every route"),
-    Route("GET", "/v1/permissions", permissions, PERMISSIONS_READ, "Permission catalog"),
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi,
+        None,
+        "OpenAPI 3.1 document of every route",
+        operation="getOpenApiDocument",
+        response={"type": "object", "description": "OpenAPI 3.1"},
+    ),
+    Route(
+        "GET",
+        "/v1/permissions",
+        permissions,
+        PERMISSIONS_READ,
+        "Permission catalog",
+        operation="listPermissions",
+        response=component(
+            "PermissionCatalog",
+            {
+                "type": "object",
+                "required": ["roles", "data"],
+                "properties": {
+                    "roles": {"type": "array", "items": {"type": "string", "enum": list(ROLE_NAMES)}},
+                    "data": {"type": "array", "items": _PERMISSION},
+                },
+            },
+        ),
+    ),
 ]

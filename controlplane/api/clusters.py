@@ -8,9 +8,10 @@ from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes
 from controlplane.api._destinations import refuse_private_literal
+from controlplane.api_schemas import record_schema
 from controlplane.appkeys import CONFIG
 from controlplane.permissions import CLUSTERS_READ, CLUSTERS_WRITE
-from controlplane.validation import URL_PATTERN, Bool, Obj, Str
+from controlplane.validation import HTTPS_URL_HINT, HTTPS_URL_PATTERN, Bool, Obj, Str
 
 __all__ = ["CLUSTER_IN", "ROUTES"]
 
@@ -18,9 +19,18 @@ __all__ = ["CLUSTER_IN", "ROUTES"]
 CLUSTER_IN = Obj(
     {
         "name": Str(max_len=100, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*"),
-        "issuer": Str(max_len=2048, description="the `iss` of the cluster's service account tokens"),
+        "issuer": Str(
+            max_len=2048,
+            pattern=HTTPS_URL_PATTERN,
+            pattern_hint=HTTPS_URL_HINT,
+            description="the `iss` of the cluster's service account tokens: " + HTTPS_URL_HINT,
+        ),
         "jwks_uri": Str(
-            required=False, max_len=2048, pattern=URL_PATTERN, description="default: OIDC discovery"
+            required=False,
+            max_len=2048,
+            pattern=HTTPS_URL_PATTERN,
+            pattern_hint=HTTPS_URL_HINT,
+            description="default: OIDC discovery; " + HTTPS_URL_HINT,
         ),
         "audience": Str(
             required=False, max_len=256, description="required `aud` of SA tokens (default SESAME_AUDIENCE)"
@@ -61,6 +71,9 @@ ROUTES = crud_routes(
         read=CLUSTERS_READ,
         write=CLUSTERS_WRITE,
         prepare=_prepare,
+        component="Cluster",
+        plural="Clusters",
+        schema=record_schema(CLUSTER_IN, always=("audience",)),
         filters={"name": Str(required=False, max_len=100), "issuer": Str(required=False, max_len=2048)},
     )
 )

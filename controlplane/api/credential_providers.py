@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controlplane.api._crud import LABELS, Resource, crud_routes, etag, fetch
 from controlplane.api._destinations import refuse_private_literal
+from controlplane.api_schemas import TIMESTAMP, nullable
 from controlplane.appkeys import AUDIT, BODY, ENVELOPE, STORE
 from controlplane.errors import Conflict, InvalidRequest, NotFound
 from controlplane.http import change_audit, json_response, now_ts
@@ -24,7 +25,7 @@ from controlplane.permissions import PROVIDERS_READ, PROVIDERS_WRITE
 from controlplane.provider_secrets import seal_secret
 from controlplane.providers import DESTINATION_FIELDS
 from controlplane.routes import Route
-from controlplane.validation import URL_PATTERN, Dict, Int, List, Obj, Str
+from controlplane.validation import HTTPS_URL_HINT, HTTPS_URL_PATTERN, Dict, Int, List, Obj, Str
 
 __all__ = ["CONFIG_SCHEMAS", "ROUTES", "secret_fields"]
 
@@ -47,7 +48,12 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
     ),
     "oauth2-client-credentials": Obj(
         {
-            "token_url": Str(max_len=2048, pattern=URL_PATTERN),
+            "token_url": Str(
+                max_len=2048,
+                pattern=HTTPS_URL_PATTERN,
+                pattern_hint=HTTPS_URL_HINT,
+                description=HTTPS_URL_HINT,
+            ),
             "client_id": Str(max_len=512),
             "client_secret": Str(max_len=4096, secret=True),
             "auth_method": Str(
@@ -73,7 +79,7 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
                 "AWS secret); assume-role: AssumeRole with base credentials",
             ),
             "sts_endpoint": Str(
-                max_len=2048, pattern=URL_PATTERN, default="https://sts.amazonaws.com",
+                max_len=2048, pattern=HTTPS_URL_PATTERN, pattern_hint=HTTPS_URL_HINT, default="https://sts.amazonaws.com",
                 description="e.g. https://sts.eu-west-1.amazonaws.com",
             ),
             "region": Str(required=False, max_len=32, pattern=r"[a-z0-9-]+",
@@ -97,8 +103,8 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
                                    description="impersonated with generateAccessToken"),
             "scopes": List(item=Str(max_len=256), required=False, max_items=50),
             "lifetime_seconds": Int(required=False, min=300, max=43_200, default=3600),
-            "sts_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://sts.googleapis.com/v1/token"),
-            "iam_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://iamcredentials.googleapis.com"),
+            "sts_url": Str(max_len=2048, pattern=HTTPS_URL_PATTERN, pattern_hint=HTTPS_URL_HINT, default="https://sts.googleapis.com/v1/token"),
+            "iam_url": Str(max_len=2048, pattern=HTTPS_URL_PATTERN, pattern_hint=HTTPS_URL_HINT, default="https://iamcredentials.googleapis.com"),
             "ca_pem": Str(required=False, max_len=65536),
         }
     ),
@@ -107,7 +113,7 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
             "tenant_id": Str(max_len=128, pattern=r"[A-Za-z0-9.-]+"),
             "client_id": Str(max_len=128),
             "scope": Str(max_len=512, description="e.g. https://storage.azure.com/.default"),
-            "authority_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://login.microsoftonline.com"),
+            "authority_url": Str(max_len=2048, pattern=HTTPS_URL_PATTERN, pattern_hint=HTTPS_URL_HINT, default="https://login.microsoftonline.com"),
             "audience": Str(required=False, max_len=256, default="api://AzureADTokenExchange"),
             "ca_pem": Str(required=False, max_len=65536),
         }
@@ -116,7 +122,7 @@ CONFIG_SCHEMAS: dict[str, Obj] = {
         {
             "app_id": Str(max_len=64, pattern=r"[A-Za-z0-9.]+", description="app ID or client ID"),
             "installation_id": Int(min=1, max=2**53),
-            "api_url": Str(max_len=2048, pattern=URL_PATTERN, default="https://api.github.com"),
+            "api_url": Str(max_len=2048, pattern=HTTPS_URL_PATTERN, pattern_hint=HTTPS_URL_HINT, default="https://api.github.com"),
             "repositories": List(item=Str(max_len=100, pattern=r"[A-Za-z0-9._-]+"), required=False,
                                  max_items=500),
             "permissions": Dict(required=False, max_bytes=4096,
@@ -232,20 +238,13 @@ def _check_static(provider_type: str, public: dict[str, Any], secret: dict[str, 
         )
 
 
+VIEW_FIELDS = (
+    "id", "name", "type", "config", "secret_fields", "secret_rotated_at", "labels", "created_at", "updated_at"
+)
+
+
 def _view(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: record.get(k)
-        for k in (
-            "id",
-            "name",
-            "type",
-            "config",
-            "secret_fields",
-            "secret_rotated_at",
-            "created_at",
-            "updated_at",
-        )
-    }
+    return {k: record.get(k) for k in VIEW_FIELDS if k != "labels"}
 
 
 def _destination_fields(config: dict[str, Any], ptype: str | None = None) -> list[str]:
@@ -370,6 +369,27 @@ ROUTES = [
             view=_view,
             prepare=_prepare,
             filters={"type": Str(required=False, choices=PROVIDER_TYPES)},
+            component="CredentialProvider",
+            plural="CredentialProviders",
+            schema={
+                "type": "object",
+                "required": list(VIEW_FIELDS),
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "type": {"type": "string", "enum": list(PROVIDER_TYPES)},
+                    "config": {"type": "object", "description": "the non-secret config fields"},
+                    "secret_fields": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "names of the stored secret fields (write-only)",
+                    },
+                    "secret_rotated_at": nullable(TIMESTAMP),
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "created_at": TIMESTAMP,
+                    "updated_at": TIMESTAMP,
+                },
+            },
         )
     ),
     Route(
@@ -379,5 +399,7 @@ ROUTES = [
         PROVIDERS_WRITE,
         "Replace a credential provider's secret",
         request=ROTATE_IN,
+        operation="rotateCredentialProvider",
+        response={"$ref": "#/components/schemas/CredentialProvider"},
     ),
 ]

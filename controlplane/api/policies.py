@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes, resolve_id
+from controlplane.api_schemas import record_schema
 from controlplane.errors import NotFound
 from controlplane.permissions import POLICIES_READ, POLICIES_WRITE
 from controlplane.validation import Int, Obj, Str
@@ -70,6 +71,9 @@ ROUTES = crud_routes(
         read=POLICIES_READ,
         write=POLICIES_WRITE,
         prepare=_prepare,
+        component="Policy",
+        plural="Policies",
+        schema=record_schema(POLICY_IN, always=("workload_id", "target_id")),
         filters={
             "name": Str(required=False, max_len=100),
             "workload_id": Str(required=False, max_len=100),

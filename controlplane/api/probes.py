@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from controlplane.api_schemas import component
 from controlplane.appkeys import METRICS, READY_CHECKS
 from controlplane.http import json_response
 from controlplane.metrics import CONTENT_TYPE
@@ -44,8 +45,39 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+_JSON_HEALTH = {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
+_HEALTH = component(
+    "Health",
+    {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "string"}, "description": "readyz"},
+        },
+    },
+)
+
 ROUTES = [
-    Route("GET", "/healthz", healthz, None, "Liveness: always 200"),
-    Route("GET", "/readyz", readyz, None, "Readiness: 200, or 503 with the failing checks"),
-    Route("GET", "/metrics", metrics, None, "Prometheus metrics", content_type="text/plain"),
+    Route("GET", "/healthz", healthz, None, "Liveness: always 200", operation="getHealth", response=_HEALTH),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        None,
+        "Readiness: 200, or 503 with the failing checks",
+        operation="getReadiness",
+        response=_HEALTH,
+        openapi={"responses": {"503": {"description": "not ready", "content": _JSON_HEALTH}}},
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        None,
+        "Prometheus metrics",
+        content_type="text/plain",
+        operation="getMetrics",
+        response={"type": "string", "description": "Prometheus text exposition format"},
+    ),
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.api_schemas import TIMESTAMP, component, nullable, page_of
 from controlplane.appkeys import CLOCK, CONFIG, QUERY
 from controlplane.attest import InvalidSubjectToken
 from controlplane.denials import audit_unauthenticated
@@ -154,10 +155,69 @@ async def discovery(request: web.Request) -> web.Response:
     return page_response(page)
 
 
+_ROUTE = {
+    "type": "object",
+    "required": ["target_id", "name", "host", "port", "scheme", "tls", "audience", "injection", "effect"],
+    "properties": {
+        "target_id": {"type": "string"},
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "port": {"type": "integer"},
+        "scheme": {"type": "string", "enum": ["http", "https"]},
+        "tls": {"type": "string"},
+        "audience": {"type": "string"},
+        "injection": {"type": "object"},
+        "effect": {"type": "string", "enum": ["allow", "deny", "require_approval"]},
+        "approval": nullable({"type": "string"}),
+    },
+}
+_PROXY_ROUTES = component(
+    "ProxyRoutes",
+    {
+        "type": "object",
+        "required": ["routes", "refresh_seconds"],
+        "properties": {
+            "routes": {"type": "array", "items": _ROUTE},
+            "refresh_seconds": {"type": "number"},
+        },
+    },
+)
+component(
+    "Proxy",
+    {
+        "type": "object",
+        "required": ["workload_id", "pod", "version", "first_seen", "last_seen"],
+        "properties": {
+            "workload_id": {"type": "string"},
+            "pod": {"type": "string"},
+            "pod_uid": nullable({"type": "string"}),
+            "version": {"type": "string"},
+            "first_seen": TIMESTAMP,
+            "last_seen": TIMESTAMP,
+        },
+    },
+)
+component(
+    "Observation",
+    {
+        "type": "object",
+        "required": ["workload_id", "host", "port", "governed", "count", "first_seen", "last_seen"],
+        "properties": {
+            "workload_id": {"type": "string"},
+            "host": {"type": "string"},
+            "port": {"type": "integer"},
+            "governed": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "first_seen": TIMESTAMP,
+            "last_seen": TIMESTAMP,
+        },
+    },
+)
+
 _BEARER_SA = {"description": "Called by the sidecar with the pod's projected service-account token."}
 
 
-def _sidecar_post(path: str, handler: Handler, summary: str, body: Obj | List) -> Route:
+def _sidecar_post(path: str, handler: Handler, summary: str, body: Obj | List, operation: str) -> Route:
     """A sidecar POST answered with 204; its JSON body is validated by the handler, after SA-token auth."""
     schema = {"required": True, "content": {"application/json": {"schema": body.json_schema()}}}
     return Route(
@@ -170,6 +230,7 @@ def _sidecar_post(path: str, handler: Handler, summary: str, body: Obj | List) -
         tags=("proxy",),
         auth=SA_TOKEN_AUTH,
         openapi={**_BEARER_SA, "requestBody": schema},
+        operation=operation,
     )
 
 
@@ -182,14 +243,19 @@ ROUTES = [
         "Governed routes of the calling workload",
         tags=("proxy",),
         auth=SA_TOKEN_AUTH,
-        openapi=_BEARER_SA,
+        openapi={**_BEARER_SA, "responses": {"304": {"description": "unchanged since If-None-Match"}}},
+        operation="getProxyRoutes",
+        response=_PROXY_ROUTES,
     ),
-    _sidecar_post("/v1/proxy/heartbeat", proxy_heartbeat, "Report a sidecar's liveness", HEARTBEAT_IN),
+    _sidecar_post(
+        "/v1/proxy/heartbeat", proxy_heartbeat, "Report a sidecar's liveness", HEARTBEAT_IN, "reportHeartbeat"
+    ),
     _sidecar_post(
         "/v1/proxy/observations",
         proxy_observations,
         "Report outbound hosts the workload called (counts only)",
         OBSERVATIONS_IN,
+        "reportObservations",
     ),
     Route(
         "GET",
@@ -198,6 +264,8 @@ ROUTES = [
         PROXIES_READ,
         "Sidecar fleet: pod, version, last seen",
         query=PROXIES_Q,
+        operation="listProxies",
+        response=page_of("Proxy"),
     ),
     Route(
         "GET",
@@ -206,5 +274,7 @@ ROUTES = [
         DISCOVERY_READ,
         "Which workloads call which hosts",
         query=DISCOVERY_Q,
+        operation="listDiscovery",
+        response=page_of("Observation"),
     ),
 ]

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes
+from controlplane.api_schemas import record_schema
 from controlplane.errors import Conflict, InvalidRequest
 from controlplane.permissions import TARGETS_READ, TARGETS_WRITE
 from controlplane.validation import Int, Obj, Str
@@ -155,6 +156,9 @@ ROUTES = crud_routes(
         read=TARGETS_READ,
         write=TARGETS_WRITE,
         prepare=_prepare,
+        component="Target",
+        plural="Targets",
+        schema=record_schema(TARGET_IN, always=("audience",)),
         filters={"host": Str(required=False, max_len=253), "audience": Str(required=False, max_len=512)},
         audit_fields=lambda r: {"target_service": r["name"], "audience": r["audience"]},
     )

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from controlplane.api_schemas import TIMESTAMP, component, nullable
 from controlplane.appkeys import CONFIG, REQUEST_ID
 from controlplane.clock import format_ts
 from controlplane.errors import InvalidRequest, SesameError
@@ -104,6 +105,56 @@ async def rotate_keys(request: web.Request) -> web.Response:
     return json_response({"kid": key.kid, "retired": retired, "active_from": active_from})
 
 
+_CREDENTIAL = component(
+    "IssuedCredential",
+    {
+        "type": "object",
+        "required": ["access_token", "issued_token_type", "token_type", "expires_in"],
+        "properties": {
+            "access_token": {"type": "string"},
+            "issued_token_type": {"type": "string"},
+            "token_type": {"type": "string"},
+            "expires_in": {"type": "integer", "description": "seconds"},
+        },
+    },
+)
+_PENDING = component(
+    "ApprovalPending",
+    {
+        "type": "object",
+        "required": ["status", "approval_id"],
+        "properties": {"status": {"const": "approval_pending"}, "approval_id": {"type": "string"}},
+    },
+)
+_JWKS = component(
+    "JsonWebKeySet",
+    {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": {"type": "object", "required": ["kid", "kty"]}}},
+    },
+)
+_OIDC = component(
+    "OpenIdConfiguration",
+    {
+        "type": "object",
+        "required": ["issuer", "jwks_uri"],
+        "properties": {"issuer": {"type": "string"}, "jwks_uri": {"type": "string"}},
+    },
+)
+_ROTATED = component(
+    "SigningKeyRotation",
+    {
+        "type": "object",
+        "required": ["kid", "retired", "active_from"],
+        "properties": {
+            "kid": {"type": "string", "description": "the new current key"},
+            "retired": nullable({"type": "string"}),
+            "active_from": nullable(TIMESTAMP),
+        },
+    },
+)
+
 _EXCHANGE_DOC = {
     "description": "No Authorization header: the caller authenticates with the body's `subject_token`, "
     "the pod's projected Kubernetes service-account token (the same token the `serviceAccountToken` "
@@ -116,8 +167,10 @@ _EXCHANGE_DOC = {
         },
     },
     "responses": {
-        "200": {"description": "the credential: access_token, issued_token_type, token_type, expires_in"},
-        "202": {"description": "approval_pending: {status, approval_id}"},
+        "202": {
+            "description": "approval_pending: an approver must decide first",
+            "content": {"application/json": {"schema": _PENDING}},
+        },
         **{
             code: {
                 "description": text,
@@ -144,6 +197,8 @@ ROUTES = [
         "Exchange a Kubernetes service-account token for a target credential (RFC 8693)",
         openapi=_EXCHANGE_DOC,
         tags=("token-exchange",),
+        operation="exchangeToken",
+        response=_CREDENTIAL,
     ),
     Route(
         "GET",
@@ -153,6 +208,8 @@ ROUTES = [
         "Public keys of the control plane's signed JWTs",
         tags=("keys",),
         content_type="application/json",
+        operation="getJwks",
+        response=_JWKS,
     ),
     Route(
         "GET",
@@ -161,8 +218,17 @@ ROUTES = [
         None,
         "OIDC discovery for the control plane's signed JWTs",
         tags=("keys",),
+        operation="getOpenIdConfiguration",
+        response=_OIDC,
     ),
     Route(
-        "POST", "/v1/keys/rotate", rotate_keys, KEYS_ROTATE, "Make a new current signing key", tags=("keys",)
+        "POST",
+        "/v1/keys/rotate",
+        rotate_keys,
+        KEYS_ROTATE,
+        "Make a new current signing key",
+        tags=("keys",),
+        operation="rotateSigningKey",
+        response=_ROTATED,
     ),
 ]

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api._crud import Resource, crud_routes
+from controlplane.api_schemas import TIMESTAMP, nullable
 from controlplane.permissions import WORKLOADS_READ, WORKLOADS_WRITE
 from controlplane.validation import Obj, Str
 
@@ -16,6 +17,10 @@ ATTESTATION_TYPE = "kubernetes-service-account"
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 STATUSES = ("active", "revoked")
+WORKLOAD_VIEW_FIELDS = (
+    "id", "name", "attestation_type", "namespace", "service_account", "cluster", "status",
+    "labels", "created_at", "updated_at",
+)
 
 WORKLOAD_IN = Obj(
     {
@@ -71,6 +76,33 @@ ROUTES = crud_routes(
         read=WORKLOADS_READ,
         write=WORKLOADS_WRITE,
         view=workload_view,
+        component="Workload",
+        plural="Workloads",
+        schema={
+            "type": "object",
+            "required": [*WORKLOAD_VIEW_FIELDS],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "attestation_type": {"type": "string", "enum": [ATTESTATION_TYPE]},
+                "namespace": {"type": "string"},
+                "service_account": {"type": "string"},
+                "cluster": nullable({"type": "string"}),
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "created_at": TIMESTAMP,
+                "updated_at": TIMESTAMP,
+            },
+        },
+        created_schema={
+            "type": "object",
+            "required": ["id", "name", "status"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "status": {"type": "string", "enum": list(STATUSES)},
+            },
+        },
         created_view=lambda r: {"id": r["id"], "name": r["name"], "status": r["status"]},
         prepare=_prepare,
         filters={

@@ -29,7 +29,7 @@ RESOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
         "/v1/policies",
         ("id", "name", "workload", "target", "provider", "effect", "max_ttl_seconds"),
     ),
-    "api-keys": ("/v1/api-keys", ("id", "name", "role", "prefix", "createdAt", "lastUsedAt")),
+    "api-keys": ("/v1/api-keys", ("id", "name", "role", "prefix", "created_at", "last_used_at")),
 }
 # Read-only collections (filled by the proxies): list only.
 VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -57,14 +57,15 @@ class ApiKey:
     last_used_at: str | None = None
 
     def public(self) -> dict[str, Any]:
-        """The listing shape of seed 004 (camelCase timestamps) plus role."""
+        """The listing shape of seed 004 plus role, in the API's snake_case (seed 004's `createdAt` and
+        `lastUsedAt` are `created_at` and `last_used_at`; docs/api.md, Compatibility)."""
         return {
             "id": self.id,
             "name": self.name,
             "role": self.role,
             "prefix": self.prefix,
-            "createdAt": self.created_at,
-            "lastUsedAt": self.last_used_at,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
         }
 
 

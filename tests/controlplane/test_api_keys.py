@@ -14,11 +14,11 @@ async def test_create_returns_the_key_once_with_prefix(admin):
     key = body["key"]
     assert key.startswith("ses_") and len(key) >= 4 + 32
     assert body["prefix"] == key[:12]
-    assert body["id"].startswith("key_") and body["role"] == "admin" and body["lastUsedAt"] is None
+    assert body["id"].startswith("key_") and body["role"] == "admin" and body["last_used_at"] is None
 
     listed = (await admin.get("/v1/api-keys")).json()["data"]
     mine = next(k for k in listed if k["id"] == body["id"])
-    assert set(mine) == {"id", "name", "role", "prefix", "createdAt", "lastUsedAt"}
+    assert set(mine) == {"id", "name", "role", "prefix", "created_at", "last_used_at"}
     assert key not in str(listed)
 
 

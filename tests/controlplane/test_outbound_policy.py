@@ -104,7 +104,7 @@ async def test_a_literal_loopback_url_is_refused_before_any_connection() -> None
     ("body", "field"),
     [
         ({"issuer": "https://10.0.0.1"}, "issuer"),
-        ({"issuer": "https://k8s.example", "jwks_uri": "http://169.254.169.254/keys"}, "jwks_uri"),
+        ({"issuer": "https://k8s.example", "jwks_uri": "https://169.254.169.254/keys"}, "jwks_uri"),
         ({"issuer": "https://k8s.example", "jwks_uri": "https://[::1]:6443/openid/v1/jwks"}, "jwks_uri"),
     ],
 )
@@ -121,7 +121,7 @@ async def test_an_oauth2_token_url_on_a_literal_private_address_is_refused(admin
     body = {
         "name": "internal",
         "type": "oauth2-client-credentials",
-        "config": {"token_url": "http://10.0.0.5/token", "client_id": "c", "client_secret": "s"},
+        "config": {"token_url": "https://10.0.0.5/token", "client_id": "c", "client_secret": "s"},
     }
     resp = await admin.post("/v1/credential-providers", json=body)
     assert resp.status_code == 403 and resp.json()["error"] == "outbound_address_refused"
@@ -132,7 +132,7 @@ async def test_an_oauth2_token_url_on_a_literal_private_address_is_refused(admin
     assert ok.status_code == 201
     patch = await admin.patch(
         f"/v1/credential-providers/{ok.json()['id']}",
-        json={"config": {"token_url": "http://192.168.0.1/t", "client_secret": "s"}},
+        json={"config": {"token_url": "https://192.168.0.1/t", "client_secret": "s"}},
     )
     assert patch.status_code == 403 and patch.json()["error"] == "outbound_address_refused"
 

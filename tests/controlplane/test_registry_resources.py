@@ -12,7 +12,8 @@ async def test_cluster_defaults_and_conflicts(admin):
     assert body["id"].startswith("cl_") and body["audience"] == "sesame" and body["verification"] == "jwks"
     dup = await admin.post("/v1/clusters", json={"name": "other", "issuer": "https://kubernetes.default.svc"})
     assert dup.status_code == 409
-    bad = await admin.post("/v1/clusters", json={"name": "x", "issuer": "i", "verification": "magic"})
+    bad_body = {"name": "x", "issuer": "https://i.example", "verification": "magic"}
+    bad = await admin.post("/v1/clusters", json=bad_body)
     assert bad.status_code == 400 and bad.json()["field"] == "verification"
     found = (await admin.get("/v1/clusters", params={"issuer": "https://kubernetes.default.svc"})).json()
     assert [c["name"] for c in found["data"]] == ["prod"]
