@@ -65,14 +65,15 @@ def _sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
 class GrpcServer:
     """A grpcio server on `host` (TLS when cert/key are given, else plaintext h2c)."""
 
-    def __init__(self, cert: Path | None = None, key: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, cert: Path | None = None, key: Path | None = None, host: str = "127.0.0.1",
+                 options: tuple[tuple[str, int], ...] = ()) -> None:
         self.recorder = _Recorder()
         self.produced = [0]  # Stream messages handed to gRPC so far (it blocks when flow control does)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16),
             interceptors=[self.recorder],
             options=[("grpc.max_receive_message_length", 64 << 20),
-                     ("grpc.max_send_message_length", 64 << 20)],
+                     ("grpc.max_send_message_length", 64 << 20), *options],
         )
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {
             "Unary": grpc.unary_unary_rpc_method_handler(_unary),

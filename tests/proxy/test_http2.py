@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import httpx
@@ -289,3 +290,43 @@ async def test_h2c_with_prior_knowledge_to_the_explicit_proxy_port(cp, start_pro
     assert proc.returncode == 0, err
     assert json.loads(out[5:])["authorization"] == f"Bearer {TOKEN}"
     assert [auth for _, auth in grpc_plain.seen] == [f"Bearer {TOKEN}"]
+
+
+async def test_upstream_max_concurrent_streams_queues_the_rest(cp, start_proxy, pki):
+    """The upstream allows 2 concurrent streams; the app opens 12 at once on one connection: the proxy
+    keeps at most 2 open upstream and starts the others as streams finish; all succeed."""
+    with GrpcServer(pki.server_cert, pki.server_key, options=(("grpc.max_concurrent_streams", 2),)) as server:
+        cp.routes = [route("api", "localhost", server.port)]
+        proxy = await start_proxy()
+
+        def calls() -> list[bytes]:
+            with _channel(proxy, f"localhost:{server.port}", trust=pki.client_bundle.read_bytes()) as ch:
+                sleep = method(ch, "Sleep")
+                futures = [sleep.future(json.dumps({"seconds": 0.2}).encode(), timeout=20) for _ in range(12)]
+                return [f.result() for f in futures]
+
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.to_thread(calls)
+        elapsed = asyncio.get_running_loop().time() - started
+    assert results == [b"slept"] * 12
+    assert elapsed >= 1.0  # 12 calls of 0.2 s, two at a time upstream: at least 6 rounds
+
+
+async def test_upstream_goaway_moves_new_streams_to_a_new_connection(cp, start_proxy, pki):
+    """The upstream closes each connection gracefully (GOAWAY) after 300 ms: calls made across
+    several such closes all succeed on the same app connection."""
+    options = (("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 2000))
+    with GrpcServer(pki.server_cert, pki.server_key, options=options) as server:
+        cp.routes = [route("api", "localhost", server.port)]
+        proxy = await start_proxy()
+
+        def calls() -> list[str]:
+            out = []
+            with _channel(proxy, f"localhost:{server.port}", trust=pki.client_bundle.read_bytes()) as ch:
+                for _ in range(12):  # ~1.2 s: several upstream connection ages
+                    out.append(json.loads(method(ch, "Unary")(b"x", timeout=10))["authorization"])
+                    time.sleep(0.1)
+            return out
+
+        got = await asyncio.to_thread(calls)
+    assert got == [f"Bearer {TOKEN}"] * 12
