@@ -89,6 +89,7 @@ class H2Session(PooledProtocol):
         self._trailers: dict[int, list[tuple[bytes, bytes]]] = {}
         self._write_paused = False
         self._flush_due = False
+        self._settled = False  # the upstream's SETTINGS arrived (its stream limit is known)
         self.goaway = False
 
     @classmethod
@@ -141,7 +142,7 @@ class H2Session(PooledProtocol):
         conn = self.conn
         assert conn is not None
         st.leg = self
-        if not self._has_room(conn) or self._waiting:
+        if not self._settled or not self._has_room(conn) or self._waiting:
             self._waiting.append(st)
             return
         self._start(st)
@@ -243,7 +244,7 @@ class H2Session(PooledProtocol):
 
     def _start_waiting(self) -> None:
         conn = self.conn
-        while self._waiting and conn is not None and self._has_room(conn):
+        while self._waiting and conn is not None and self._settled and self._has_room(conn):
             self._start(self._waiting.popleft())
 
     @staticmethod
@@ -296,6 +297,8 @@ class H2Session(PooledProtocol):
                         ))
                     self._start_waiting()
             elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    self._settled = True
                 for known in list(self.streams.values()):
                     owner.pump_out(known)
                 self._start_waiting()
