@@ -19,7 +19,9 @@ def test_seal_then_open_roundtrips_and_hides_the_plaintext():
     assert env.seal(b"top secret", aad=b"row-1") != blob  # fresh data key and nonce each time
 
 
-@pytest.mark.parametrize("mutate", [lambda b: b[:-1] + bytes([b[-1] ^ 1]), lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:]])
+@pytest.mark.parametrize(
+    "mutate", [lambda b: b[:-1] + bytes([b[-1] ^ 1]), lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:]]
+)
 def test_tampered_blob_or_wrong_aad_fails(mutate):
     env = Envelope.from_keys(os.urandom(32))
     blob = env.seal(b"v", aad=b"a")
