@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.clock import format_ts
@@ -68,3 +70,38 @@ async def test_audit_chain_verification_and_lag(control_plane, admin, clock) -> 
     assert got[("sesame_audit_chain_valid", ())] == 1
     assert got[("sesame_audit_chain_verified_timestamp_seconds", ())] == pytest.approx(clock.time())
     assert got[("sesame_audit_lag_seconds_count", ())] >= 1  # api_key.created went through the queue
+
+
+async def test_serving_certificate_expiry_is_read_from_the_file_and_follows_renewal(tmp_path, clock) -> None:
+    from cryptography import x509
+
+    from controlplane.appkeys import CLOCK, CONFIG, METRICS
+    from controlplane.config import Config
+    from controlplane.metrics import Metrics
+    from controlplane.scrape_gauges import refresh_gauges
+    from devkit.certs import DevCA
+
+    cert = DevCA("metrics test CA").issue(["cp.example"], tmp_path / "tls")
+    app = web.Application()
+    app[METRICS], app[CLOCK] = Metrics(), clock
+    app[CONFIG] = Config(tls_cert=cert.cert_file, tls_key=cert.key_file)
+
+    def expiry() -> float:
+        [value] = [
+            s.value
+            for family in text_string_to_metric_families(app[METRICS].render().decode())
+            for s in family.samples
+            if s.name == "sesame_certificate_expiry_timestamp_seconds"
+        ]
+        return value
+
+    await refresh_gauges(app)
+    leaf = x509.load_pem_x509_certificate(cert.cert_file.read_bytes())
+    assert expiry() == leaf.not_valid_after_utc.timestamp()
+    await asyncio.sleep(1.1)  # certificate times have whole seconds: the renewal must end later
+    renewed = DevCA("another CA").issue(["cp.example"], tmp_path / "tls2")
+    cert.cert_file.write_bytes(renewed.cert_file.read_bytes() + b"\n")  # a renewal rewrites the file
+    await refresh_gauges(app)
+    again = x509.load_pem_x509_certificate(renewed.cert_file.read_bytes())
+    assert again.not_valid_after_utc > leaf.not_valid_after_utc
+    assert expiry() == again.not_valid_after_utc.timestamp()
