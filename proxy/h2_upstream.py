@@ -39,6 +39,19 @@ _NOT_FORWARDED_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "
                                "host"})
 
 
+# h2 4.x closes its whole connection state machine when a GOAWAY arrives, so the streams the peer
+# still finishes (those at or below its last_stream_id, RFC 9113 §6.8) and its PINGs raise
+# ProtocolError. Sesame opens no new stream on a connection after its GOAWAY (H2Session.goaway;
+# an app that sent GOAWAY opens none either), so such a connection simply stays open until its
+# streams are done.
+_State, _Input = h2.connection.ConnectionState, h2.connection.ConnectionInputs
+_TRANSITIONS_AFTER_GOAWAY = {
+    **h2.connection.H2ConnectionStateMachine._transitions,
+    (_State.CLIENT_OPEN, _Input.RECV_GOAWAY): (None, _State.CLIENT_OPEN),
+    (_State.SERVER_OPEN, _Input.RECV_GOAWAY): (None, _State.SERVER_OPEN),
+}
+
+
 def new_h2(*, client_side: bool) -> h2.connection.H2Connection:
     """An h2 connection with Sesame's settings; its preface is queued in data_to_send()."""
     # Inbound headers are validated on both connections; outbound ones are those inbound headers
@@ -47,6 +60,7 @@ def new_h2(*, client_side: bool) -> h2.connection.H2Connection:
     config = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                        validate_outbound_headers=False, normalize_outbound_headers=False)
     conn = h2.connection.H2Connection(config)
+    conn.state_machine._transitions = _TRANSITIONS_AFTER_GOAWAY  # see above
     conn.local_settings = h2.settings.Settings(
         client=client_side,
         initial_values={
