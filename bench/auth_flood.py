@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.token_exchange import AUDIENCE, JWT_TYPE, _pin_one_core, _run, _seed, _serve_forever, _start
+from bench.token_exchange import AUDIENCE, JWT_TYPE, _seed, _start, serve_controlplane
 from devkit.issuer import ClusterIssuer
 
 DENIAL_INTERVAL_SECONDS = 5.0
@@ -32,39 +31,15 @@ BAD_KEY = "ses_" + "x" * 40
 
 
 def _run_controlplane(db: str, ports: Any) -> None:
-    _pin_one_core()
-    from aiohttp import web
-
-    from controlplane.app import create_app
-    from controlplane.appkeys import API_KEYS
-    from controlplane.config import Config
     from controlplane.exchange_settings import ExchangeSettings
-    from controlplane.outbound import OutboundPolicy
-    from controlplane.permissions import Role
     from controlplane.source_limits import SourceLimitSettings
 
-    async def main() -> None:
-        app = create_app(
-            Config(
-                db_path=Path(db),
-                listen_port=0,
-                kek=os.urandom(32),
-                exchange=ExchangeSettings(issuer_url="http://127.0.0.1"),
-                outbound=OutboundPolicy.parse("127.0.0.0/8"),  # the bench's cluster issuer
-                source_limits=SourceLimitSettings(denial_interval_seconds=DENIAL_INTERVAL_SECONDS),
-            )
-        )
-
-        async def owner_key(app: web.Application):
-            _, key = await app[API_KEYS].create(name="bench", role=Role.OWNER)
-            extra["owner"] = key
-            yield
-
-        extra: dict[str, Any] = {}
-        app.cleanup_ctx.append(owner_key)
-        await _serve_forever(app, ports, extra)
-
-    _run(main())
+    serve_controlplane(  # the default per-source limits
+        db,
+        ports,
+        exchange=ExchangeSettings(issuer_url="http://127.0.0.1"),
+        source_limits=SourceLimitSettings(denial_interval_seconds=DENIAL_INTERVAL_SECONDS),
+    )
 
 
 def _session(source: str, limit: int) -> aiohttp.ClientSession:

@@ -50,26 +50,37 @@ async def _serve_forever(app: web.Application, ports: Any, extra: dict[str, Any]
 
 
 def _run_controlplane(db: str, synchronous: str, ports: Any) -> None:
+    from controlplane.exchange_settings import ExchangeSettings
+    from controlplane.source_limits import SourceLimitSettings
+
+    serve_controlplane(
+        db,
+        ports,
+        sqlite_synchronous=synchronous,
+        rate_limit_per_minute=10**6,
+        exchange=ExchangeSettings(rate_limit_per_minute=10**7, issuer_url="http://127.0.0.1"),
+        source_limits=SourceLimitSettings(rate_per_second=10**7, burst=10**7),  # one client measures
+    )
+
+
+def serve_controlplane(db: str, ports: Any, **config: Any) -> None:
+    """In a child process: a control plane on one core with an owner key, trusting the loopback
+    cluster issuer; `config` sets the other Config fields."""
     _pin_one_core()
     from controlplane.app import create_app
     from controlplane.appkeys import API_KEYS
     from controlplane.config import Config
-    from controlplane.exchange_settings import ExchangeSettings
     from controlplane.outbound import OutboundPolicy
     from controlplane.permissions import Role
-    from controlplane.source_limits import SourceLimitSettings
 
     async def main() -> None:
         app = create_app(
             Config(
                 db_path=Path(db),
-                sqlite_synchronous=synchronous,
                 listen_port=0,
                 kek=os.urandom(32),
-                rate_limit_per_minute=10**6,
-                exchange=ExchangeSettings(rate_limit_per_minute=10**7, issuer_url="http://127.0.0.1"),
                 outbound=OutboundPolicy.parse("127.0.0.0/8"),  # the bench's cluster issuer
-                source_limits=SourceLimitSettings(rate_per_second=10**7, burst=10**7),  # one client
+                **config,
             )
         )
 
