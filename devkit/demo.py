@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,83 @@ def wait_ready(admin_url: str) -> None:
     raise SystemExit("the proxy did not become ready")
 
 
+@contextlib.contextmanager
+def aws_peer(cert: Path, key: Path, ca: Path) -> Iterator[Any]:
+    """moto in server mode with request authentication (devkit/moto_server.py), or None when the
+    test extras (moto, the aws CLI) are not installed: the AWS step is then skipped."""
+    if _aws_cli() is None:
+        yield None
+        return
+    try:
+        from devkit.moto_server import start_moto
+    except ImportError:
+        yield None
+        return
+    moto = start_moto(cert=cert, key=key, ca=ca)
+    try:
+        yield moto
+    finally:
+        moto.stop()
+
+
+def _aws_cli() -> str | None:
+    return shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+
+
+def govern_aws(admin: Admin, workload_id: str, moto: Any, ca_file: Path) -> None:
+    """An aws-sigv4 target for moto's endpoint, an aws-sts provider (AssumeRole), a policy."""
+    from devkit.moto_server import ROLE_ARN
+
+    target = admin(
+        "POST",
+        "/v1/targets",
+        {"name": "aws", "host": "localhost", "port": moto.port, "injection": {"type": "aws-sigv4"}},
+    )
+    config = {
+        "role_arn": ROLE_ARN,
+        "mode": "assume-role",
+        "sts_endpoint": moto.url,
+        "ca_pem": ca_file.read_text(),
+        "access_key_id": moto.access_key_id,
+        "secret_access_key": moto.secret_access_key,
+    }
+    provider = admin("POST", "/v1/credential-providers", {"name": "aws", "type": "aws-sts", "config": config})
+    admin(
+        "POST",
+        "/v1/policies",
+        {
+            "workload_id": workload_id,
+            "target_id": target["id"],
+            "provider_id": provider["id"],
+            "effect": "allow",
+            "max_ttl_seconds": 900,
+        },
+    )
+
+
+def aws_cli(proxy: str, bundle: Path, endpoint: str) -> list[str]:
+    """`aws s3 mb` then `aws s3 ls` as an unmodified app: placeholder keys, HTTPS_PROXY."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(bundle.parent),
+        "AWS_ACCESS_KEY_ID": "SESAME-PLACEHOLDER-KEY-ID",
+        "AWS_SECRET_ACCESS_KEY": "sesame-placeholder-the-proxy-signs-governed-requests",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CA_BUNDLE": str(bundle),
+        "HTTPS_PROXY": proxy,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    lines = []
+    for args in (["s3", "mb", "s3://sesame-demo"], ["s3", "ls"]):
+        out = subprocess.run(
+            [_aws_cli(), "--endpoint-url", endpoint, *args],  # type: ignore[list-item]
+            capture_output=True, text=True, timeout=STEP_TIMEOUT, env=env, check=False,
+        )
+        lines.append(f"$ aws {' '.join(args)}  (exit {out.returncode})")
+        lines += [line for line in (out.stdout + out.stderr).splitlines() if line.strip()][-5:]
+    return lines
+
+
 def main() -> int:
     started = time.monotonic()
     py = sys.executable
@@ -178,6 +256,7 @@ def main() -> int:
         with (
             process(api_argv, '"port"', stdout=subprocess.PIPE) as (_, api_info),
             control_plane_process(root / "cp.db", env=LOOPBACK_ENV) as cp,  # issuer on loopback
+            aws_peer(server.cert_file, server.key_file, ca_file) as moto,
         ):
             api_port = api_info["port"]
             print(f"   https://localhost:{api_port}  (key {API_KEY[:10]}…, held only by the control plane)")
@@ -198,6 +277,10 @@ def main() -> int:
             sesamectl(ctl_env, "apply", "-f", str(config))
             print("   sesamectl diff -f ... (nothing left to change):")
             sesamectl(ctl_env, "diff", "-f", str(config))
+            if moto is not None:
+                workloads = admin("GET", "/v1/workloads")["data"]
+                [workload] = [w for w in workloads if w["service_account"] == SERVICE_ACCOUNT]
+                govern_aws(admin, workload["id"], moto, ca_file)
             say("4. The pod: projected SA token, pod CA + trust bundle, the proxy (explicit mode)")
             token = issuer.write_token(root / "token", namespace=NAMESPACE, service_account=SERVICE_ACCOUNT)
             subprocess.run(
@@ -245,12 +328,16 @@ def main() -> int:
                 print("   " + curl(proxy_url, bundle, f"https://localhost:{api_port}/v1/charges"))
                 say("6. The same app calls the ledger API, which a deny policy covers")
                 print("   " + curl(proxy_url, bundle, f"https://127.0.0.1:{api_port}/v1/entries"))
+                if moto is not None:
+                    say("7. AWS: the app runs `aws s3 ls` with placeholder keys; the proxy signs (moto)")
+                    for line in aws_cli(proxy_url, bundle, moto.url):
+                        print("   " + line)
                 with contextlib.suppress(urllib.error.URLError):
                     urllib.request.urlopen(
                         urllib.request.Request(admin_url + "/quitquitquit", method="POST"), timeout=5
                     ).read()
                 proxy.wait(timeout=15)
-            say("7. The audit trail")
+            say("8. The audit trail")
             for e in reversed(admin("GET", "/v1/audit?limit=50")["events"]):
                 print(
                     f"   {e['timestamp']}  {e['type']:<28} {e['outcome']:<8} "

@@ -37,4 +37,6 @@ def test_demo_runs_clean():
     assert "HTTP 200" in out.stdout
     assert '"error": "policy_denied"' in out.stdout and "HTTP 403" in out.stdout
     assert "token.issued" in out.stdout and "token.denied" in out.stdout
+    # The AWS step: `aws s3 ls` through the proxy against moto (request authentication on).
+    assert "$ aws s3 ls  (exit 0)" in out.stdout and "sesame-demo" in out.stdout, out.stdout
     assert processes_with(marker.encode()) == []
