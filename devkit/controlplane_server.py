@@ -68,14 +68,15 @@ class ControlPlane:
 
 @asynccontextmanager
 async def running_control_plane(
-    db_path: Path, *, clock: Clock | None = None, kek: bytes | None = None, **config: Any
+    db_path: Path, *, clock: Clock | None = None, kek: bytes | None = None, host: str = "127.0.0.1",
+    **config: Any,
 ) -> AsyncIterator[ControlPlane]:
-    """An in-process control plane on 127.0.0.1:<ephemeral> with a fresh owner key.
+    """An in-process control plane on `host`:<ephemeral> (default loopback) with a fresh owner key.
 
     `kek=None` generates one; `kek=b""` runs without a KEK. The port is bound first, so the issuer
     URL derives from the listen address (`http://127.0.0.1:<port>`) unless `exchange` sets one.
     """
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_server((host, 0))
     port = sock.getsockname()[1]
     cfg = Config(db_path=db_path, listen_port=port, kek=new_kek() if kek is None else (kek or None), **config)
     try:
@@ -85,7 +86,7 @@ async def running_control_plane(
         raise
     async with serving(app, sock=sock) as port:
         _, owner = await app[API_KEYS].create(name="test-owner", role=Role.OWNER)
-        yield ControlPlane(url=f"http://127.0.0.1:{port}", owner_key=owner, app=app, config=cfg)
+        yield ControlPlane(url=f"http://{host}:{port}", owner_key=owner, app=app, config=cfg)
 
 
 @asynccontextmanager

@@ -79,12 +79,14 @@ def _bootstrap(url: str, verify: str | bool) -> tuple[str, str]:
 
 
 def start_moto(*, cert: Path | None = None, key: Path | None = None, ca: Path | None = None,
-               host: str = "127.0.0.1", timeout: float = 20.0) -> MotoServer:
-    """Start `moto.server` (HTTPS when `cert`/`key` are given, `ca` verifies it) and bootstrap it."""
+               host: str = "127.0.0.1", name: str = "localhost", timeout: float = 20.0) -> MotoServer:
+    """Start `moto.server` on `host` (HTTPS when `cert`/`key` are given, `ca` verifies it), reached
+    as `name`, and bootstrap it. Buckets are always path-style (a custom host is no bucket name)."""
     port = _free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(_BOOTSTRAP_ACTIONS))
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HTTPS_PROXY"):
-        env.pop(name, None)
+    env["S3_IGNORE_SUBDOMAIN_BUCKETNAME"] = "1"
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HTTPS_PROXY"):
+        env.pop(var, None)
     args = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
     if cert is not None and key is not None:
         args += ["-c", str(cert), "-k", str(key)]
@@ -100,7 +102,7 @@ def start_moto(*, cert: Path | None = None, key: Path | None = None, ca: Path | 
                 raise RuntimeError("moto server did not start") from None
             time.sleep(0.1)
     scheme = "https" if cert is not None else "http"
-    url = f"{scheme}://localhost:{port}"
+    url = f"{scheme}://{name}:{port}"
     try:
         key_id, secret = _bootstrap(url, str(ca) if ca is not None else True)
     except BaseException:

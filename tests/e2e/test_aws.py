@@ -39,12 +39,15 @@ def moto(pki: Pki) -> Iterator[MotoServer]:
     server.stop()
 
 
-async def govern_aws(sesame: Sesame, moto: MotoServer, pki: Pki, **config: Any) -> dict[str, Any]:
-    """An `aws-sts` provider (assume-role against moto's STS), the moto host as an aws-sigv4 target."""
+async def govern_aws(
+    sesame: Sesame, moto: MotoServer, pki: Pki, *, host: str = "localhost", **config: Any
+) -> dict[str, Any]:
+    """An `aws-sts` provider (assume-role against moto's STS), moto's port on `host` as an aws-sigv4
+    target."""
     target = await sesame.api(
         "POST",
         "/v1/targets",
-        {"name": "aws", "host": "localhost", "port": moto.port, "injection": {"type": "aws-sigv4"}},
+        {"name": "aws", "host": host, "port": moto.port, "injection": {"type": "aws-sigv4"}},
         201,
     )
     provider_config = {
