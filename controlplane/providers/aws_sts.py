@@ -23,8 +23,6 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlencode, urlsplit
 
 from controlplane.attest.identity import Identity
-from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import OutboundPolicy
 from controlplane.providers.base import (
     MintRequest,
     ProviderDenied,
@@ -33,13 +31,11 @@ from controlplane.providers.base import (
 )
 from controlplane.providers.cached import (
     UPSTREAM_TIMEOUT_SECONDS,
-    CachedTokenProvider,
+    FederatingProvider,
     UpstreamToken,
     parse_rfc3339,
 )
-from controlplane.providers.signed_jwt import sign_workload_jwt
 from controlplane.providers.upstream import upstream_request
-from controlplane.signing_keys import SigningKeys
 from sesame_sigv4 import AwsCredentials, Scope, amz_date, host_scope, sign_headers
 
 __all__ = ["DEFAULT_STS_ENDPOINT", "AwsStsProvider"]
@@ -78,24 +74,12 @@ def session_tags(identity: Identity) -> dict[str, str]:
     return {k: _TAG_VALUE_UNSAFE.sub("-", v)[:256] for k, v in tags.items()}
 
 
-class AwsStsProvider(CachedTokenProvider):
+class AwsStsProvider(FederatingProvider):
     """Config: `role_arn`, `mode` (`web-identity` | `assume-role`), `sts_endpoint`, `region` (for
     signing AssumeRole; default: the endpoint's), `audience`, `duration_seconds` (≥ 900), `ca_pem`.
     Secret (assume-role): `access_key_id`, `secret_access_key`."""
 
     token_type = "N_A"  # RFC 8693 §2.2.1: not an access token (session credentials)
-
-    def __init__(
-        self,
-        *,
-        keys: SigningKeys,
-        issuer_url: str,
-        clock: Clock = SystemClock(),
-        policy: OutboundPolicy | None = None,
-    ) -> None:
-        super().__init__(clock=clock, policy=policy)
-        self._keys = keys
-        self._issuer = issuer_url.rstrip("/")
 
     async def _fetch(self, request: MintRequest) -> UpstreamToken:
         config, identity = request.config, request.identity
@@ -117,13 +101,10 @@ class AwsStsProvider(CachedTokenProvider):
             result = "AssumeRoleResult"
         else:
             form["Action"] = "AssumeRoleWithWebIdentity"
-            form["WebIdentityToken"] = await sign_workload_jwt(
-                self._keys,
-                issuer=self._issuer,
-                identity=identity,
-                audience=str(config.get("audience") or DEFAULT_AUDIENCE),
+            form["WebIdentityToken"] = await self._workload_token(
+                request,
+                str(config.get("audience") or DEFAULT_AUDIENCE),
                 ttl=_WEB_IDENTITY_TOKEN_TTL,
-                now=int(self._clock.time()),
                 extra={"https://aws.amazon.com/tags": {"principal_tags": {k: [v] for k, v in tags.items()}}},
             )
             body = urlencode(form)

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import OutboundPolicy
 from controlplane.providers.base import MintRequest, UpstreamMintFailed
 from controlplane.providers.cached import (
     UPSTREAM_TIMEOUT_SECONDS,
-    CachedTokenProvider,
+    FederatingProvider,
     UpstreamToken,
     json_answer,
 )
-from controlplane.providers.signed_jwt import sign_workload_jwt
 from controlplane.providers.upstream import upstream_request
-from controlplane.signing_keys import SigningKeys
 
 __all__ = ["DEFAULT_AUTHORITY", "AzureFederatedProvider"]
 
@@ -36,16 +32,9 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _ASSERTION_TTL = 300
 
 
-class AzureFederatedProvider(CachedTokenProvider):
+class AzureFederatedProvider(FederatingProvider):
     """Config: `tenant_id`, `client_id`, `scope` (e.g. `https://storage.azure.com/.default`),
     `authority_url`, `audience` (of the assertion), `ca_pem`. No secret."""
-
-    def __init__(
-        self, *, keys: SigningKeys, issuer_url: str, clock: Clock = SystemClock(),
-        policy: OutboundPolicy | None = None,
-    ) -> None:
-        super().__init__(clock=clock, policy=policy)
-        self._keys, self._issuer = keys, issuer_url.rstrip("/")
 
     async def _fetch(self, request: MintRequest) -> UpstreamToken:
         config = request.config
@@ -53,10 +42,8 @@ class AzureFederatedProvider(CachedTokenProvider):
         if not (isinstance(tenant, str) and isinstance(client_id, str) and isinstance(scope, str)):
             raise UpstreamMintFailed("azure-federated needs tenant_id, client_id and scope")
         started = self._clock.time()
-        assertion = await sign_workload_jwt(
-            self._keys, issuer=self._issuer, identity=request.identity,
-            audience=str(config.get("audience") or DEFAULT_ASSERTION_AUDIENCE),
-            ttl=_ASSERTION_TTL, now=int(started),
+        assertion = await self._workload_token(
+            request, str(config.get("audience") or DEFAULT_ASSERTION_AUDIENCE), ttl=_ASSERTION_TTL
         )
         authority = str(config.get("authority_url") or DEFAULT_AUTHORITY).rstrip("/")
         status, raw = await upstream_request(

@@ -23,11 +23,14 @@ from controlplane.providers.base import (
     ProviderUnavailable,
     UpstreamMintFailed,
 )
+from controlplane.providers.signed_jwt import sign_workload_jwt
+from controlplane.signing_keys import SigningKeys
 
 __all__ = [
     "REFRESH_MARGIN_SECONDS",
     "UPSTREAM_TIMEOUT_SECONDS",
     "CachedTokenProvider",
+    "FederatingProvider",
     "UpstreamToken",
     "json_answer",
     "parse_rfc3339",
@@ -119,3 +122,22 @@ def json_answer(status: int, raw: bytes, what: str, ok: tuple[int, ...] = (200,)
     if 400 <= status < 500:
         raise ProviderDenied(f"the {what} refused this workload: {status}{named}")
     raise UpstreamMintFailed(f"the {what} answered {status}")
+
+
+class FederatingProvider(CachedTokenProvider):
+    """A provider whose upstream trusts Sesame's issuer: it signs a token naming the workload."""
+
+    def __init__(
+        self, *, keys: SigningKeys, issuer_url: str, clock: Clock = SystemClock(),
+        policy: OutboundPolicy | None = None,
+    ) -> None:
+        super().__init__(clock=clock, policy=policy)
+        self._keys, self._issuer = keys, issuer_url.rstrip("/")
+
+    async def _workload_token(
+        self, request: MintRequest, audience: str, *, ttl: int = 300, extra: dict[str, Any] | None = None
+    ) -> str:
+        return await sign_workload_jwt(
+            self._keys, issuer=self._issuer, identity=request.identity, audience=audience, ttl=ttl,
+            now=int(self._clock.time()), extra=extra,
+        )

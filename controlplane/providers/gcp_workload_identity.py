@@ -18,19 +18,15 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from controlplane.clock import Clock, SystemClock
-from controlplane.outbound import OutboundPolicy
 from controlplane.providers.base import MintRequest, UpstreamMintFailed
 from controlplane.providers.cached import (
     UPSTREAM_TIMEOUT_SECONDS,
-    CachedTokenProvider,
+    FederatingProvider,
     UpstreamToken,
     json_answer,
     parse_rfc3339,
 )
-from controlplane.providers.signed_jwt import sign_workload_jwt
 from controlplane.providers.upstream import upstream_request
-from controlplane.signing_keys import SigningKeys
 
 __all__ = ["DEFAULT_IAM_URL", "DEFAULT_STS_URL", "GcpWorkloadIdentityProvider"]
 
@@ -41,17 +37,10 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 _SUBJECT_TTL = 300
 
 
-class GcpWorkloadIdentityProvider(CachedTokenProvider):
+class GcpWorkloadIdentityProvider(FederatingProvider):
     """Config: `audience` (the pool provider), `token_audience` (default `https:` + audience),
     `service_account` (email; optional), `scopes`, `lifetime_seconds` (impersonation, ≤ 3600),
     `sts_url`, `iam_url`, `ca_pem`. No secret."""
-
-    def __init__(
-        self, *, keys: SigningKeys, issuer_url: str, clock: Clock = SystemClock(),
-        policy: OutboundPolicy | None = None,
-    ) -> None:
-        super().__init__(clock=clock, policy=policy)
-        self._keys, self._issuer = keys, issuer_url.rstrip("/")
 
     async def _fetch(self, request: MintRequest) -> UpstreamToken:
         config = request.config
@@ -60,10 +49,8 @@ class GcpWorkloadIdentityProvider(CachedTokenProvider):
             raise UpstreamMintFailed("gcp-workload-identity needs audience (the pool provider)")
         scopes = list(config.get("scopes") or [DEFAULT_SCOPE])
         started = self._clock.time()
-        subject = await sign_workload_jwt(
-            self._keys, issuer=self._issuer, identity=request.identity,
-            audience=str(config.get("token_audience") or "https:" + audience),
-            ttl=_SUBJECT_TTL, now=int(started),
+        subject = await self._workload_token(
+            request, str(config.get("token_audience") or "https:" + audience), ttl=_SUBJECT_TTL
         )
         status, raw = await upstream_request(
             self._http, "POST", str(config.get("sts_url") or DEFAULT_STS_URL), what="Google STS",

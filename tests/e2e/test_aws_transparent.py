@@ -22,10 +22,10 @@ from proxy.netfilter import RedirectSettings, apply_rules
 from tests.e2e.conftest import NAMESPACE, SERVICE_ACCOUNT, Sesame, register_workload
 from tests.e2e.test_aws import PLACEHOLDER_KEY, PLACEHOLDER_SECRET, govern_aws
 from tests.netfilter_tools import require_netfilter
-from tests.proxy.procs import start_proxy_process
 from tests.proxy.test_transparent_mode import (  # noqa: F401  (fixtures)
     APP_UID,
     PROXY_UID,
+    _start_proxy,
     pod_hosts,
     pod_netns,
     shared_dir,
@@ -81,30 +81,7 @@ async def test_boto3_in_a_transparent_pod_gets_its_requests_resigned(
             await govern_aws(sesame, moto, pki, host="aws.sesame.test")
             apply_rules(RedirectSettings(proxy_port=15001, proxy_uid=PROXY_UID), netns=ns)
             pod_hosts(ns, (host_ip, "aws.sesame.test"))
-            proxy = await start_proxy_process(
-                "--mode",
-                "transparent",
-                "--control-plane",
-                cp.url,
-                "--token-file",
-                str(shared_dir / "token"),
-                "--ca-dir",
-                str(shared_dir / "ca"),
-                "--upstream-ca",
-                str(shared_dir / "dev-ca.pem"),
-                prefix=(
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "setpriv",
-                    f"--reuid={PROXY_UID}",
-                    f"--regid={PROXY_UID}",
-                    "--clear-groups",
-                ),
-                listen="127.0.0.1:15001",
-                admin="127.0.0.1:15020",
-            )
+            proxy = await _start_proxy(ns, shared_dir, cp)  # the sidecar: UID 1337, port 15001
             try:
                 await proxy.wait_for_log("routes loaded")
                 app = await asyncio.create_subprocess_exec(
