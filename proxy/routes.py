@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_REFRESH_SECONDS", "Injection", "Route", "RouteSync", "RouteT
 DEFAULT_REFRESH_SECONDS = 30
 _MIN_REFRESH, _MAX_REFRESH = 1, 3600
 _BACKOFF_START, _BACKOFF_MAX = 0.5, 30.0  # after a failed poll: 1 s, 2 s, 4 s … up to 30 s
+_FIRST_LOAD_MAX = 2.0  # until the first table has loaded
 log = logging.getLogger("sesame.proxy.routes")
 _SCOPE_PART = re.compile(r"[a-z0-9-]{1,63}")
 
@@ -161,7 +162,8 @@ class RouteSync:
                 delay = self.refresh_seconds
             except Exception as exc:  # any reply, however broken, must not stop the refresh loop
                 failures += 1
-                ceiling = min(self.refresh_seconds, _BACKOFF_MAX) if self.loaded.is_set() else _BACKOFF_MAX
+                # before the first table the proxy is not ready: keep trying every second or two
+                ceiling = min(self.refresh_seconds, _BACKOFF_MAX) if self.loaded.is_set() else _FIRST_LOAD_MAX
                 delay = min(_BACKOFF_START * 2 ** min(failures, 8), ceiling)
                 code = exc.code if isinstance(exc, ProxyError) else type(exc).__name__
                 log.warning("route refresh failed", extra={"error": code, "reason": str(exc)[:200]})
