@@ -52,6 +52,9 @@ _TRANSITIONS_AFTER_GOAWAY = {
 }
 
 
+_HEADROOM_BELOW = 100  # limits at or below this keep one stream in reserve (see H2Session._has_room)
+
+
 def new_h2(*, client_side: bool) -> h2.connection.H2Connection:
     """An h2 connection with Sesame's settings; its preface is queued in data_to_send()."""
     # Inbound headers are validated on both connections; outbound ones are those inbound headers
@@ -263,7 +266,10 @@ class H2Session(PooledProtocol):
 
     @staticmethod
     def _has_room(conn: h2.connection.H2Connection) -> bool:
-        return conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+        # One slot of headroom under a small limit: a server frees a finished stream's slot a moment
+        # after its last frame (gRPC's does), and a stream opened in that moment is refused.
+        limit = conn.remote_settings.max_concurrent_streams
+        return conn.open_outbound_streams < (limit - 1 if 1 < limit <= _HEADROOM_BELOW else limit)
 
     # upstream events (asyncio.Protocol)
 
